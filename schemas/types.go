@@ -1,0 +1,128 @@
+package schemas
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Subjects and header keys of the event contract (DESIGN section 2 and 6).
+const (
+	SubjectCheckedIn  = "guest.checked_in"
+	SubjectCheckedOut = "guest.checked_out"
+	SubjectAssigned   = "credential.assigned"
+	SubjectUnassigned = "credential.unassigned"
+	SubjectSkipped    = "credential.skipped"
+
+	// DeadLetterPrefix is prepended to the input subject: deadletter.guest.checked_in.
+	DeadLetterPrefix = "deadletter."
+
+	// HeaderReplayOf carries the dead-letter stream sequence a replayed event came from.
+	HeaderReplayOf = "Keyworker-Replay-Of"
+
+	ContentType = "application/cloudevents+json"
+	SpecVersion = "1.0"
+)
+
+// Error kinds of a dead letter.
+const (
+	ErrorKindInvalidEvent     = "invalid_event"
+	ErrorKindPermanent        = "permanent"
+	ErrorKindRetriesExhausted = "retries_exhausted"
+)
+
+// Encodings of DeadLetter.OriginalEvent.
+const (
+	EncodingJSON    = "json"    // original_event is the original document, byte for byte
+	EncodingBase64  = "base64"  // original_event is a JSON string: base64 (std) of the original bytes
+	EncodingOmitted = "omitted" // too large to carry; read it from the input stream by sequence
+)
+
+// SkipReasonStale is the reason of a credential.skipped event for an event
+// older than the newest one applied to the same (credential, user) pair.
+const SkipReasonStale = "stale"
+
+// Envelope is a CloudEvents 1.0 structured-mode document.
+type Envelope struct {
+	SpecVersion     string          `json:"specversion"`
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Type            string          `json:"type"`
+	Subject         string          `json:"subject,omitempty"`
+	Time            time.Time       `json:"time"`
+	DataContentType string          `json:"datacontenttype,omitempty"`
+	Data            json.RawMessage `json:"data"`
+}
+
+// GuestData is the data of guest.checked_in and guest.checked_out. Exactly
+// one of ACSUserID and UserIdentityID is set.
+type GuestData struct {
+	ACSCredentialID string `json:"acs_credential_id"`
+	ACSUserID       string `json:"acs_user_id,omitempty"`
+	UserIdentityID  string `json:"user_identity_id,omitempty"`
+	ReservationID   string `json:"reservation_id,omitempty"`
+	PropertyID      string `json:"property_id,omitempty"`
+}
+
+// GuestEvent is a decoded, validated input event.
+type GuestEvent struct {
+	ID      string
+	Source  string
+	Type    string // equals the NATS subject
+	Subject string // reservation id, when known
+	Time    time.Time
+	Data    GuestData
+}
+
+// CredentialResult is the data of credential.assigned and credential.unassigned.
+type CredentialResult struct {
+	GuestData
+	ACSCredential     json.RawMessage `json:"acs_credential"`
+	Attempts          int             `json:"attempts"`
+	SourceEventID     string          `json:"source_event_id"`
+	SourceEventSource string          `json:"source_event_source"`
+	ReplayOf          uint64          `json:"replay_of,omitempty"`
+}
+
+// Skipped is the data of credential.skipped.
+type Skipped struct {
+	GuestData
+	Reason            string    `json:"reason"`
+	NewerEventTime    time.Time `json:"newer_event_time"`
+	SourceEventID     string    `json:"source_event_id"`
+	SourceEventSource string    `json:"source_event_source"`
+	ReplayOf          uint64    `json:"replay_of,omitempty"`
+}
+
+// DeadLetterError says why an event was given up.
+type DeadLetterError struct {
+	Kind          string `json:"kind"`
+	Message       string `json:"message"`
+	HTTPStatus    int    `json:"http_status,omitempty"`
+	SeamErrorType string `json:"seam_error_type,omitempty"`
+	SeamRequestID string `json:"seam_request_id,omitempty"`
+}
+
+// DeadLetter is the data of deadletter.guest.checked_in and
+// deadletter.guest.checked_out: everything needed to replay the event.
+//
+// OriginalEvent is not set by json.Marshal of this struct in a way that
+// keeps the bytes exact (encoding/json compacts raw messages); use
+// MarshalDeadLetterEvent and DeadLetter.Original.
+type DeadLetter struct {
+	OriginalEvent          json.RawMessage `json:"original_event,omitempty"`
+	OriginalEventEncoding  string          `json:"original_event_encoding"`
+	OriginalSubject        string          `json:"original_subject"`
+	OriginalStreamSequence uint64          `json:"original_stream_sequence"`
+	OriginalSHA256         string          `json:"original_sha256"`
+	OriginalSize           int             `json:"original_size"`
+	SourceEventID          string          `json:"source_event_id,omitempty"`
+	SourceEventSource      string          `json:"source_event_source,omitempty"`
+	Error                  DeadLetterError `json:"error"`
+	Request                json.RawMessage `json:"request,omitempty"`
+	ACSCredential          json.RawMessage `json:"acs_credential,omitempty"`
+	Attempts               int             `json:"attempts"`
+	Deliveries             int             `json:"deliveries"`
+	FirstAttemptAt         *time.Time      `json:"first_attempt_at,omitempty"`
+	LastAttemptAt          *time.Time      `json:"last_attempt_at,omitempty"`
+	ReplayOf               uint64          `json:"replay_of,omitempty"`
+}
