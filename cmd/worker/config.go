@@ -1,0 +1,219 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/seamclient"
+)
+
+// config is the worker's configuration (DESIGN section 4). Every field is
+// an environment variable and a flag of the same meaning; a flag wins.
+type config struct {
+	NATSURL      string
+	NATSCreds    string
+	NATSNKey     string
+	NATSToken    string
+	NATSUser     string
+	NATSPassword string
+	TLSCA        string
+	TLSCert      string
+	TLSKey       string
+
+	SeamAPIKey      string
+	SeamEndpoint    string
+	SeamWorkspaceID string
+	SeamTimeout     time.Duration
+
+	Concurrency   int
+	SeamRPS       float64
+	HTTPAddr      string
+	DataDir       string
+	LogLevel      string
+	LogFormat     string
+	MaxClockSkew  time.Duration
+	MaxDeliver    int
+	ShutdownGrace time.Duration
+	Replicas      int
+	UpdateStreams bool
+}
+
+// binding ties a flag to its environment variable.
+type binding struct{ flag, env string }
+
+// bindings is filled by registerConfig in flag order; the README lists the same.
+type configFlags struct {
+	cfg      config
+	bindings []binding
+}
+
+// registerConfig defines the configuration flags on fs.
+func registerConfig(fs *flag.FlagSet, withWorker bool) *configFlags {
+	c := &configFlags{}
+	str := func(p *string, name, env, def, usage string) {
+		fs.StringVar(p, name, def, usage+" ($"+env+")")
+		c.bindings = append(c.bindings, binding{name, env})
+	}
+	str(&c.cfg.NATSURL, "nats-url", "NATS_URL", "", "NATS servers, comma separated; empty starts an embedded JetStream server")
+	str(&c.cfg.NATSCreds, "nats-creds", "NATS_CREDS", "", "NATS credentials file")
+	str(&c.cfg.NATSNKey, "nats-nkey", "NATS_NKEY", "", "NATS nkey seed file")
+	str(&c.cfg.NATSToken, "nats-token", "NATS_TOKEN", "", "NATS token")
+	str(&c.cfg.NATSUser, "nats-user", "NATS_USER", "", "NATS user")
+	str(&c.cfg.NATSPassword, "nats-password", "NATS_PASSWORD", "", "NATS password")
+	str(&c.cfg.TLSCA, "nats-tls-ca", "NATS_TLS_CA", "", "CA certificate file to verify the NATS server")
+	str(&c.cfg.TLSCert, "nats-tls-cert", "NATS_TLS_CERT", "", "client certificate file for NATS")
+	str(&c.cfg.TLSKey, "nats-tls-key", "NATS_TLS_KEY", "", "client key file for NATS")
+	str(&c.cfg.DataDir, "data-dir", "KEYWORKER_DATA_DIR", "./data", "embedded NATS storage")
+	str(&c.cfg.LogLevel, "log-level", "LOG_LEVEL", "info", "trace, debug, info, warn or error")
+	str(&c.cfg.LogFormat, "log-format", "LOG_FORMAT", "json", "json, or console for people")
+	fs.IntVar(&c.cfg.Replicas, "replicas", 1, "stream and bucket replicas when creating them ($KEYWORKER_REPLICAS)")
+	c.bindings = append(c.bindings, binding{"replicas", "KEYWORKER_REPLICAS"})
+	if !withWorker {
+		return c
+	}
+	str(&c.cfg.SeamAPIKey, "seam-api-key", "SEAM_API_KEY", "", "Seam API key; empty uses the built-in Seam simulator")
+	str(&c.cfg.SeamEndpoint, "seam-endpoint", "SEAM_ENDPOINT", seamclient.DefaultEndpoint, "Seam base URL")
+	str(&c.cfg.SeamWorkspaceID, "seam-workspace-id", "SEAM_WORKSPACE_ID", "", "sent as seam-workspace, for personal access tokens")
+	str(&c.cfg.HTTPAddr, "http-addr", "KEYWORKER_HTTP_ADDR", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz")
+	fs.DurationVar(&c.cfg.SeamTimeout, "seam-timeout", 10*time.Second, "per-request Seam timeout ($KEYWORKER_SEAM_TIMEOUT)")
+	fs.IntVar(&c.cfg.Concurrency, "concurrency", consumer.DefaultConcurrency, "events processed at once ($KEYWORKER_CONCURRENCY)")
+	fs.Float64Var(&c.cfg.SeamRPS, "seam-rps", 0, "ceiling on Seam requests per second, 0 for none ($KEYWORKER_SEAM_RPS)")
+	fs.DurationVar(&c.cfg.MaxClockSkew, "max-clock-skew", 5*time.Minute, "refuse events dated further in the future ($KEYWORKER_MAX_CLOCK_SKEW)")
+	fs.IntVar(&c.cfg.MaxDeliver, "max-deliver", 10, "deliveries before a failing event is dead-lettered ($KEYWORKER_MAX_DELIVER)")
+	fs.DurationVar(&c.cfg.ShutdownGrace, "shutdown-grace", 25*time.Second, "time in-flight events get to finish on SIGTERM ($KEYWORKER_SHUTDOWN_GRACE)")
+	fs.BoolVar(&c.cfg.UpdateStreams, "update-streams", false, "update existing streams, consumer and buckets whose settings differ, instead of refusing to start ($KEYWORKER_UPDATE_STREAMS)")
+	c.bindings = append(c.bindings,
+		binding{"seam-timeout", "KEYWORKER_SEAM_TIMEOUT"},
+		binding{"concurrency", "KEYWORKER_CONCURRENCY"},
+		binding{"seam-rps", "KEYWORKER_SEAM_RPS"},
+		binding{"max-clock-skew", "KEYWORKER_MAX_CLOCK_SKEW"},
+		binding{"max-deliver", "KEYWORKER_MAX_DELIVER"},
+		binding{"shutdown-grace", "KEYWORKER_SHUTDOWN_GRACE"},
+		binding{"update-streams", "KEYWORKER_UPDATE_STREAMS"},
+	)
+	return c
+}
+
+// parseFlags parses args, applies environment variables to flags not given
+// on the command line, and validates. Errors name the variable or flag.
+func parseFlags(fs *flag.FlagSet, c *configFlags, args []string, getenv func(string) string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{msg: err.Error()}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, b := range c.bindings {
+		v := getenv(b.env)
+		if set[b.flag] || v == "" {
+			continue
+		}
+		if err := fs.Set(b.flag, v); err != nil {
+			return &usageError{msg: fmt.Sprintf("%s=%q: %v", b.env, v, err)}
+		}
+	}
+	return c.cfg.validate()
+}
+
+func (c *config) validate() error {
+	bad := func(name, format string, a ...any) error {
+		return &usageError{msg: name + ": " + fmt.Sprintf(format, a...)}
+	}
+	if c.NATSURL != "" {
+		for _, s := range strings.Split(c.NATSURL, ",") {
+			u, err := url.Parse(strings.TrimSpace(s))
+			if err != nil || u.Host == "" {
+				return bad("NATS_URL", "%q is not a server URL such as nats://127.0.0.1:4222", s)
+			}
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return bad("NATS_TLS_CERT", "NATS_TLS_CERT and NATS_TLS_KEY go together")
+	}
+	for env, path := range map[string]string{"NATS_CREDS": c.NATSCreds, "NATS_NKEY": c.NATSNKey, "NATS_TLS_CA": c.TLSCA, "NATS_TLS_CERT": c.TLSCert, "NATS_TLS_KEY": c.TLSKey} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return bad(env, "cannot read %q", path)
+		}
+	}
+	if (c.NATSUser == "") != (c.NATSPassword == "") {
+		return bad("NATS_USER", "NATS_USER and NATS_PASSWORD go together")
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
+		return bad("LOG_LEVEL", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		return bad("LOG_FORMAT", "%q is not json or console", c.LogFormat)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return bad("KEYWORKER_REPLICAS", "%d is not between 1 and 5", c.Replicas)
+	}
+	if c.SeamEndpoint != "" {
+		if u, err := url.Parse(c.SeamEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("SEAM_ENDPOINT", "%q is not an http(s) URL", c.SeamEndpoint)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return bad("KEYWORKER_HTTP_ADDR", "%q is not host:port", c.HTTPAddr)
+		}
+	}
+	switch {
+	case c.Concurrency < 1 || c.Concurrency > 4096:
+		return bad("KEYWORKER_CONCURRENCY", "%d is not between 1 and 4096", c.Concurrency)
+	case c.SeamRPS < 0:
+		return bad("KEYWORKER_SEAM_RPS", "%v must not be negative", c.SeamRPS)
+	case c.MaxClockSkew < 0:
+		return bad("KEYWORKER_MAX_CLOCK_SKEW", "%s must not be negative", c.MaxClockSkew)
+	case c.MaxDeliver < 1:
+		return bad("KEYWORKER_MAX_DELIVER", "%d must be at least 1", c.MaxDeliver)
+	case c.ShutdownGrace < 0:
+		return bad("KEYWORKER_SHUTDOWN_GRACE", "%s must not be negative", c.ShutdownGrace)
+	case c.SeamTimeout <= 0:
+		return bad("KEYWORKER_SEAM_TIMEOUT", "%s must be positive", c.SeamTimeout)
+	}
+	return nil
+}
+
+// consumerConfig maps the command's configuration onto the consumer's.
+func (c *config) consumerConfig() consumer.Config {
+	cc := consumer.Config{
+		Concurrency:   c.Concurrency,
+		MaxClockSkew:  c.MaxClockSkew,
+		MaxDeliver:    c.MaxDeliver,
+		ShutdownGrace: c.ShutdownGrace,
+		Replicas:      c.Replicas,
+		SeamTimeout:   c.SeamTimeout,
+	}
+	if c.SeamTimeout > 0 {
+		cc.Lease = max(60*time.Second, 3*c.SeamTimeout)
+	}
+	if c.Concurrency > 512 {
+		cc.MaxAckPending = 2 * c.Concurrency
+	}
+	return cc
+}
+
+// newLogger builds the zerolog logger the configuration asks for.
+func newLogger(c *config, w io.Writer) zerolog.Logger {
+	lvl, _ := zerolog.ParseLevel(c.LogLevel)
+	if c.LogFormat == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/seamclient"
+	"github.com/keyworker/keyworker/seamclient/seamtest"
+)
+
+const demoUsage = `Usage: worker demo
+
+Starts an embedded JetStream server (in a temporary directory), the Seam
+simulator and the worker, publishes a few realistic check-in and check-out
+events, prints what became of each, and exits.
+
+Example:
+  go run ./cmd/worker demo
+`
+
+// demoStep is one event the demo publishes and what it expects back.
+type demoStep struct {
+	say     string
+	subject string
+	doc     []byte
+	id      string // event id; outcomes are matched on it, or on the stream sequence when undecodable
+	fault   *seamtest.Fault
+	silent  bool // a duplicate: no outcome of its own
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return helpOr(err, fs, demoUsage, stdout)
+	}
+	dir, err := os.MkdirTemp("", "keyworker-demo-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfg := &config{DataDir: dir, LogLevel: "error", LogFormat: "console", Concurrency: 8, Replicas: 1,
+		MaxDeliver: 10, MaxClockSkew: 5 * time.Minute, ShutdownGrace: 5 * time.Second, SeamTimeout: 5 * time.Second}
+	sim := seamtest.New(seamtest.WithAutoCreate())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan *natsConn, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- serve(ctx, cfg, newLogger(cfg, stderr), serveHooks{sim: sim, started: func(c *natsConn) { ready <- c }})
+	}()
+	var conn *natsConn
+	select {
+	case conn = <-ready:
+	case err := <-served:
+		return fmt.Errorf("demo: worker did not start: %w", err)
+	case <-time.After(30 * time.Second):
+		return errors.New("demo: worker did not start within 30 s")
+	}
+
+	fmt.Fprintln(stdout, "keyworker demo: embedded JetStream + Seam SIMULATOR (no real doors are touched)")
+	fmt.Fprintln(stdout)
+	outcomes, err := watchOutcomes(ctx, conn.js)
+	if err != nil {
+		return err
+	}
+	steps := demoSteps(time.Now().UTC())
+	var failures int
+	for i, st := range steps {
+		if st.fault != nil {
+			sim.FailNext(1, "", *st.fault)
+		}
+		ack, err := publishEvent(ctx, conn.js, st.subject, st.doc, "")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d. %s\n", i+1, st.say)
+		if st.silent {
+			continue
+		}
+		line, ok := awaitOutcome(ctx, outcomes, st.id, ack.Sequence, 20*time.Second)
+		if !ok {
+			failures++
+			line = "!! no outcome within 20 s"
+		}
+		fmt.Fprintf(stdout, "   -> %s\n", line)
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprintf(stdout, "Seam simulator saw %d requests; Ana's credential changed hands %d times (once in, once out) although her check-in was sent twice.\n",
+		sim.Calls(""), sim.Effects(demoCredA, demoUserA))
+	fmt.Fprintln(stdout, "Dead letters: worker dlq list   Replay: worker dlq replay --error-kind permanent")
+	cancel()
+	if err := <-served; err != nil {
+		return err
+	}
+	if failures > 0 {
+		return fmt.Errorf("demo: %d events had no outcome", failures)
+	}
+	return nil
+}
+
+const (
+	demoCredA = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c01"
+	demoUserA = "2b7e9d14-5a3c-4f8e-b1d2-7c9a0e4f6a11"
+	demoCredB = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c02"
+	demoIdenB = "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c22"
+	demoCredC = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c03"
+	demoUserC = "2b7e9d14-5a3c-4f8e-b1d2-7c9a0e4f6a33"
+)
+
+func demoSteps(now time.Time) []demoStep {
+	ev := func(subject, id string, t time.Time, g guestFlags) []byte {
+		g.ID, g.Source = id, "pms://grand-hotel"
+		doc, _ := g.event(subject, t)
+		return doc
+	}
+	ana := guestFlags{Credential: demoCredA, User: demoUserA, Reservation: "R-1001", Property: "grand-hotel"}
+	ben := guestFlags{Credential: demoCredB, Identity: demoIdenB, Reservation: "R-1002", Property: "grand-hotel"}
+	chen := guestFlags{Credential: demoCredC, User: demoUserC, Reservation: "R-1003", Property: "grand-hotel"}
+	in, out := schemas.SubjectCheckedIn, schemas.SubjectCheckedOut
+	notFound := seamtest.SeamError(404, "acs_credential_not_found")
+	bad := []byte(`{"specversion":"1.0","id":"evt-bad-1","source":"pms://grand-hotel","type":"guest.checked_in","time":"` +
+		now.Format(time.RFC3339) + `","data":{"acs_credential_id":"` + demoCredC + `","acs_user_id":"` + demoUserC + `","user_identity_id":"` + demoIdenB + `"}}`)
+	return []demoStep{
+		{say: "Ana checks in to room 204 (R-1001)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana)},
+		{say: "Ben checks in by user identity (R-1002)", subject: in, id: "evt-ben-in", doc: ev(in, "evt-ben-in", now.Add(-2*time.Minute), ben)},
+		{say: "the PMS sends Ana's check-in again (a retry)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana), silent: true},
+		{say: "Ana checks out", subject: out, id: "evt-ana-out", doc: ev(out, "evt-ana-out", now.Add(-1*time.Minute), ana)},
+		{say: "a delayed check-in for Ana, older than her check-out, arrives late", subject: in, id: "evt-ana-in-late", doc: ev(in, "evt-ana-in-late", now.Add(-150*time.Second), ana)},
+		{say: "a malformed check-in names both a user and a user identity", subject: in, doc: bad},
+		{say: "Chen checks in, but Seam does not know the credential", subject: in, id: "evt-chen-in", doc: ev(in, "evt-chen-in", now, chen), fault: &notFound},
+	}
+}
+
+// demoOutcome is an outcome event as the demo prints it.
+type demoOutcome struct {
+	subject string
+	env     schemas.Envelope
+}
+
+// watchOutcomes follows the results and dead-letter streams from the start.
+func watchOutcomes(ctx context.Context, js jetstream.JetStream) (<-chan demoOutcome, error) {
+	ch := make(chan demoOutcome, 64)
+	for _, stream := range []string{consumer.DefaultResultsStream, consumer.DefaultDeadLetterStream} {
+		c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			return nil, err
+		}
+		cc, err := c.Consume(func(m jetstream.Msg) {
+			var env schemas.Envelope
+			_ = json.Unmarshal(m.Data(), &env)
+			select {
+			case ch <- demoOutcome{subject: m.Subject(), env: env}:
+			case <-ctx.Done():
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		context.AfterFunc(ctx, cc.Stop)
+	}
+	return ch, nil
+}
+
+// awaitOutcome waits for the outcome of event id (or of the input stream
+// sequence seq, for an undecodable event) and renders it as one line.
+func awaitOutcome(ctx context.Context, ch <-chan demoOutcome, id string, seq uint64, within time.Duration) (string, bool) {
+	timeout := time.After(within)
+	for {
+		select {
+		case o := <-ch:
+			if line, ok := renderOutcome(o, id, seq); ok {
+				return line, true
+			}
+		case <-timeout:
+			return "", false
+		case <-ctx.Done():
+			return "", false
+		}
+	}
+}
+
+func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
+	if strings.HasPrefix(o.subject, schemas.DeadLetterPrefix) {
+		var dl schemas.DeadLetter
+		if json.Unmarshal(o.env.Data, &dl) != nil || dl.OriginalStreamSequence != seq {
+			return "", false
+		}
+		line := fmt.Sprintf("%s  kind=%s: %s", o.subject, dl.Error.Kind, dl.Error.Message)
+		if dl.Error.SeamErrorType != "" {
+			line += fmt.Sprintf(" (seam %d %s)", dl.Error.HTTPStatus, dl.Error.SeamErrorType)
+		}
+		return line, true
+	}
+	var r struct {
+		schemas.CredentialResult
+		Reason string `json:"reason"`
+	}
+	if json.Unmarshal(o.env.Data, &r) != nil || r.SourceEventID != id {
+		return "", false
+	}
+	if o.subject == schemas.SubjectSkipped {
+		return fmt.Sprintf("%s  reason=%s: a newer event for this guest and credential was already applied", o.subject, r.Reason), true
+	}
+	cred, _ := seamclient.ParseCredential(r.ACSCredential)
+	var view struct {
+		AccessMethod string `json:"access_method"`
+		DisplayName  string `json:"display_name"`
+	}
+	_ = json.Unmarshal(r.ACSCredential, &view)
+	holder := cred.ACSUserID
+	if holder == "" {
+		holder = "nobody"
+	}
+	return fmt.Sprintf("%s  %s %q now held by %s (%d attempt)", o.subject, view.AccessMethod, view.DisplayName, holder, r.Attempts), true
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/seamclient"
+	"github.com/keyworker/keyworker/seamclient/seamtest"
+)
+
+const runUsage = `Usage: worker run [flags]
+
+Consumes guest.checked_in and guest.checked_out from JetStream and assigns or
+unassigns the credential in Seam. With no NATS_URL it starts an embedded
+JetStream server; with no SEAM_API_KEY it uses the built-in Seam simulator.
+
+Example:
+  NATS_URL=nats://127.0.0.1:4222 SEAM_API_KEY=seam_... worker run --concurrency 64
+
+Flags:
+`
+
+func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	cf := registerConfig(fs, true)
+	if err := parseFlags(fs, cf, args, os.Getenv); err != nil {
+		return helpOr(err, fs, runUsage, stdout)
+	}
+	cfg := &cf.cfg
+	log := newLogger(cfg, stderr)
+	return serve(ctx, cfg, log, serveHooks{})
+}
+
+// helpOr prints usage for --help and passes other errors on.
+func helpOr(err error, fs *flag.FlagSet, usage string, w io.Writer) error {
+	if !errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	fmt.Fprint(w, usage)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	return nil
+}
+
+// serveHooks let the demo watch and steer a worker.
+type serveHooks struct {
+	// sim replaces the simulator started when SEAM_API_KEY is empty.
+	sim *seamtest.Fake
+	// started, when set, is called once the worker consumes.
+	started func(*natsConn)
+}
+
+// serve runs the worker until ctx ends.
+func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHooks) error {
+	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
+	if err != nil {
+		return err
+	}
+	defer stopSim()
+
+	conn, err := connectNATS(ctx, cfg, log, "keyworker", true)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	ccfg := cfg.consumerConfig()
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = consumer.Provision(pctx, conn.js, ccfg, cfg.UpdateStreams)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var w *consumer.Worker
+	metrics := consumer.NewMetrics(reg, func() float64 {
+		if w == nil {
+			return 0
+		}
+		return float64(w.InFlight())
+	})
+	w, err = consumer.New(ctx, conn.js, seam, ccfg,
+		consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS))
+	if err != nil {
+		return err
+	}
+
+	probe := &readiness{conn: conn, worker: w, stream: ccfg.InputStream}
+	var wg sync.WaitGroup
+	if cfg.HTTPAddr != "" {
+		srv, err := startHTTP(cfg.HTTPAddr, reg, probe, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		metrics.SampleConsumer(sampleCtx, conn.js, ccfg.InputStream, ccfg.Durable, 5*time.Second)
+	}()
+
+	log.Info().Int("concurrency", ccfg.Concurrency).Str("stream", ccfg.InputStream).Str("durable", ccfg.Durable).
+		Str("http_addr", cfg.HTTPAddr).Msg("keyworker ready")
+	if hooks.started != nil {
+		hooks.started(conn)
+	}
+	// Readiness turns false first on shutdown, so no new traffic is routed here.
+	context.AfterFunc(ctx, func() { probe.stopping.Store(true) })
+	err = w.Run(ctx)
+	stopSampling()
+	wg.Wait()
+	log.Info().Msg("keyworker stopped")
+	return err
+}
+
+// newSeam builds the Seam client; with no API key it starts the simulator
+// and says so loudly.
+func newSeam(ctx context.Context, cfg *config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
+	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
+	if key == "" {
+		if sim == nil {
+			sim = seamtest.New(seamtest.WithAutoCreate())
+		}
+		url, shutdown, err := sim.Serve(ctx, "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, fmt.Errorf("seam simulator: %w", err)
+		}
+		endpoint, key = url, "simulator"
+		stop = func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = shutdown(sctx)
+		}
+		log.Warn().Str("seam_endpoint", url).Msg("SEAM_API_KEY is not set: using the built-in Seam SIMULATOR. No real credential is assigned or unassigned. Set SEAM_API_KEY for production.")
+	}
+	opts := []seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout)}
+	if cfg.SeamWorkspaceID != "" {
+		opts = append(opts, seamclient.WithWorkspaceID(cfg.SeamWorkspaceID))
+	}
+	c, err := seamclient.New(endpoint, key, opts...)
+	if err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("SEAM_ENDPOINT: %w", err)
+	}
+	return c, stop, nil
+}
+
+// startHTTP serves /metrics, /healthz and /readyz.
+func startHTTP(addr string, reg *prometheus.Registry, probe *readiness, log zerolog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("KEYWORKER_HTTP_ADDR: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		reasons := probe.check(r.Context())
+		if len(reasons) > 0 {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": reasons})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("http server")
+		}
+	}()
+	return srv, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// readiness answers /readyz: NATS connected, the input stream reachable,
+// Seam not refusing the API key, and not shutting down.
+type readiness struct {
+	conn     *natsConn
+	worker   *consumer.Worker
+	stream   string
+	stopping atomic.Bool
+}
+
+func (p *readiness) check(ctx context.Context) []string {
+	var reasons []string
+	if p.stopping.Load() {
+		reasons = append(reasons, "shutting down")
+	}
+	if !p.conn.nc.IsConnected() {
+		reasons = append(reasons, "nats: "+p.conn.nc.Status().String())
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := p.conn.js.Stream(sctx, p.stream)
+		cancel()
+		if err != nil {
+			reasons = append(reasons, "stream "+p.stream+": "+err.Error())
+		}
+	}
+	if p.worker.SeamUnauthorized() {
+		reasons = append(reasons, "seam: API key refused (401/403)")
+	}
+	return reasons
+}

@@ -1,0 +1,28 @@
+package consumer
+
+import (
+	"fmt"
+)
+
+// PanicError is the error of a dead letter written because handling the
+// message panicked. A panic on the same input is deterministic, so the
+// message is not retried.
+type PanicError struct{ Value string }
+
+func (e *PanicError) Error() string { return "consumer: handler panicked: " + e.Value }
+
+// DeliveryLimitError is the error of a dead letter written, before any
+// decoding, for a message delivered more often than Config.MaxDeliver.
+type DeliveryLimitError struct{ Deliveries int }
+
+func (e *DeliveryLimitError) Error() string {
+	return fmt.Sprintf("consumer: delivered %d times without an outcome: giving up before decoding", e.Deliveries)
+}
+
+// leaseLostError means the pair lease could not be renewed between
+// attempts: another replica may now call Seam for the pair, so this one
+// must stop.
+type leaseLostError struct{ err error }
+
+func (e *leaseLostError) Error() string { return "consumer: pair lease lost: " + e.err.Error() }
+func (e *leaseLostError) Unwrap() error { return e.err }

@@ -1,0 +1,190 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/keyworker/keyworker/idempotency"
+	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/seamclient"
+)
+
+// SeamCaller is the part of *seamclient.Client the pipeline uses.
+type SeamCaller interface {
+	Assign(ctx context.Context, r seamclient.Request) (*seamclient.Response, error)
+	Unassign(ctx context.Context, r seamclient.Request) (*seamclient.Response, error)
+	Get(ctx context.Context, acsCredentialID string) (*seamclient.Response, error)
+}
+
+// Worker consumes guest events from the durable consumer and turns each into
+// exactly one outcome event. It is safe for concurrent use; Run may be
+// called once.
+type Worker struct {
+	cfg       Config
+	js        jetstream.JetStream
+	seam      SeamCaller
+	claims    *idempotency.Store
+	pairs     *idempotency.Ordering
+	validator *schemas.Validator
+	log       zerolog.Logger
+	metrics   *Metrics
+	limiter   *rate.Limiter
+	now       func() time.Time
+
+	maxPayload   int
+	unauthorized atomic.Bool
+	inFlight     atomic.Int64
+	deliveries   atomic.Uint64
+}
+
+// Option configures a Worker.
+type Option func(*Worker) error
+
+// WithLogger sets the logger (default: a disabled logger).
+func WithLogger(l zerolog.Logger) Option {
+	return func(w *Worker) error { w.log = l; return nil }
+}
+
+// WithMetrics records the worker's figures in m.
+func WithMetrics(m *Metrics) Option {
+	return func(w *Worker) error { w.metrics = m; return nil }
+}
+
+// WithSeamRateLimit caps Seam requests per second from this process; 0 means no limit.
+func WithSeamRateLimit(rps float64) Option {
+	return func(w *Worker) error {
+		if rps < 0 {
+			return fmt.Errorf("%w: seam rate limit %v must not be negative", ErrInvalidConfig, rps)
+		}
+		if rps > 0 {
+			w.limiter = rate.NewLimiter(rate.Limit(rps), max(1, int(rps)))
+		}
+		return nil
+	}
+}
+
+// WithClock replaces time.Now, for tests of time-dependent decisions.
+func WithClock(now func() time.Time) Option {
+	return func(w *Worker) error { w.now = now; return nil }
+}
+
+// New builds a Worker on existing streams and buckets (see Provision).
+func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Config, opts ...Option) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now}
+	for _, o := range opts {
+		if err := o(w); err != nil {
+			return nil, err
+		}
+	}
+	v, err := schemas.NewValidator()
+	if err != nil {
+		return nil, err
+	}
+	w.validator = v
+	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.IdempotencyBucket, err)
+	}
+	skv, err := js.KeyValue(ctx, cfg.StateBucket)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.StateBucket, err)
+	}
+	w.claims = idempotency.NewStore(ikv, idempotency.WithClock(w.now))
+	w.pairs = idempotency.NewOrdering(skv, idempotency.WithClock(w.now))
+	w.maxPayload = int(js.Conn().MaxPayload())
+	return w, nil
+}
+
+// SeamUnauthorized reports whether Seam's last answer was 401 or 403: the
+// API key is wrong, and the worker should not be reported ready.
+func (w *Worker) SeamUnauthorized() bool { return w.unauthorized.Load() }
+
+// InFlight is the number of events being handled now.
+func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
+
+// Run consumes until ctx ends, then stops fetching, lets in-flight events
+// finish for up to Config.ShutdownGrace, hands every other message back with
+// Nak, and returns. It returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, err := w.js.Consumer(ctx, w.cfg.InputStream, w.cfg.Durable)
+	if err != nil {
+		return fmt.Errorf("consumer: %s on %s: %w", w.cfg.Durable, w.cfg.InputStream, err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("consumer: subscribe: %w", err)
+	}
+	// In-flight events keep running through shutdown until the grace period
+	// ends: cutting a Seam call short turns a clean result into an unknown one.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+	stopped := context.AfterFunc(ctx, iter.Drain)
+	defer stopped()
+
+	sem := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for {
+		msg, err := iter.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			break
+		}
+		if err != nil {
+			// Missing heartbeats and the like while NATS is away: the
+			// iterator recovers by itself once the connection is back.
+			w.log.Warn().Err(err).Msg("fetching messages")
+			continue
+		}
+		if ctx.Err() != nil {
+			// Buffered but not started: hand back at once for another replica.
+			_ = msg.Nak()
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			_ = msg.Nak()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			w.process(hctx, msg)
+		}()
+	}
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownGrace):
+		w.log.Warn().Int64("in_flight", w.inFlight.Load()).Msg("shutdown grace period over: handing back in-flight events")
+		cancelHandlers()
+		<-done
+	}
+	return nil
+}
+
+// process handles one message and settles it.
+func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
+	w.inFlight.Add(1)
+	defer w.inFlight.Add(-1)
+	start := w.now()
+	out := w.Handle(ctx, msg)
+	if err := settle(msg, out); err != nil {
+		// The idempotency record makes the redelivery that follows harmless.
+		w.log.Warn().Err(err).Str("nats_subject", msg.Subject()).Msg("settling message")
+	}
+	w.metrics.observeOutcome(msg.Subject(), out, w.now().Sub(start))
+}
