@@ -115,25 +115,35 @@ func (w *Worker) decode(j *job) error {
 }
 
 // claimEvent takes the event's idempotency key, so that one delivery at a
-// time, across replicas, works on it.
+// time, across replicas, works on it. While another delivery holds the key
+// it waits in process (a duplicate usually resolves within one Seam call),
+// then hands the message back until the holder's lease ends.
 func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
-	c, err := w.claims.Claim(ctx, j.key, j.owner, w.cfg.Lease, j.replayOf != 0)
-	var conflict *idempotency.ConflictError
-	switch {
-	case err == nil:
-		j.claim = c
-		j.attempts = c.Record.Attempts
-		j.first = c.Record.FirstAttemptAt
-		return Outcome{}, true
-	case errors.Is(err, idempotency.ErrDone):
-		return Outcome{Kind: Duplicate}, false
-	case errors.Is(err, idempotency.ErrAlreadyClaimed) && errors.As(err, &conflict):
-		// Another replica works on it, or crashed doing so: come back when
-		// its lease ends rather than burn deliveries.
-		delay := max(w.cfg.BusyDelay, conflict.Record.LeaseUntil.Sub(w.now()))
-		return Outcome{Kind: Retry, Delay: delay, Err: err}, false
-	default:
-		return Outcome{Kind: Retry, Delay: w.cfg.BusyDelay, Err: err}, false
+	deadline := w.now().Add(w.cfg.RetryBudget)
+	wait := 20 * time.Millisecond
+	for {
+		c, err := w.claims.Claim(ctx, j.key, j.owner, w.cfg.Lease, j.replayOf != 0)
+		var conflict *idempotency.ConflictError
+		switch {
+		case err == nil:
+			j.claim = c
+			j.attempts = c.Record.Attempts
+			j.first = c.Record.FirstAttemptAt
+			return Outcome{}, true
+		case errors.Is(err, idempotency.ErrDone):
+			return Outcome{Kind: Duplicate}, false
+		case !errors.Is(err, idempotency.ErrAlreadyClaimed) || !errors.As(err, &conflict):
+			return Outcome{Kind: Retry, Delay: w.cfg.BusyDelay, Err: err}, false
+		case w.now().Add(wait).After(deadline):
+			// Held by a replica that may have crashed: come back when its lease ends.
+			delay := max(w.cfg.BusyDelay, conflict.Record.LeaseUntil.Sub(w.now()))
+			return Outcome{Kind: Retry, Delay: delay, Err: err}, false
+		}
+		_ = j.msg.InProgress()
+		if !sleep(ctx, wait) {
+			return Outcome{Kind: Retry, Err: ctx.Err()}, false
+		}
+		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
 
