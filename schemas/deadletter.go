@@ -17,14 +17,14 @@ import (
 
 // Sentinel errors of DeadLetter.Original.
 var (
-	// ErrOriginalOmitted: the dead letter does not carry the original (it
-	// was too large); read it from the input stream at
+	// ErrOriginalOmitted means the dead letter does not carry the original
+	// (it was too large); read it from the input stream at
 	// original_stream_sequence.
 	ErrOriginalOmitted = errors.New("schemas: original event omitted from the dead letter")
-	// ErrOriginalMissing: the encoding says the original is carried, but
-	// original_event is absent.
+	// ErrOriginalMissing means the encoding says the original is carried,
+	// but original_event is absent.
 	ErrOriginalMissing = errors.New("schemas: dead letter has no original_event")
-	// ErrOriginalMismatch: the carried original does not hash to
+	// ErrOriginalMismatch means the carried original does not hash to
 	// original_sha256 or has another size, e.g. because a tool re-formatted
 	// the dead letter; read the original from the input stream instead.
 	ErrOriginalMismatch = errors.New("schemas: original event does not match original_sha256 and original_size")

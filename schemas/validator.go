@@ -205,7 +205,7 @@ const dateTimeRule = "must be an RFC 3339 date-time such as 2025-06-01T14:00:00Z
 
 // parseJSON decodes one UTF-8 JSON document, numbers as json.Number (what
 // jsonschema expects). On failure it returns a one-line reason with the
-// byte offset of the problem.
+// zero-based byte offset of the problem.
 func parseJSON(doc []byte) (any, string, error) {
 	if i := invalidUTF8At(doc); i >= 0 {
 		return nil, fmt.Sprintf("invalid JSON at byte %d: not valid UTF-8", i), nil
@@ -221,7 +221,9 @@ func parseJSON(doc []byte) (any, string, error) {
 		case errors.Is(err, io.ErrUnexpectedEOF):
 			return nil, fmt.Sprintf("invalid JSON at byte %d: unexpected end of input", len(doc)), err
 		case errors.As(err, &se):
-			return nil, fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, se.Error()), err
+			// Offset counts the bytes read, the offending one included;
+			// report its zero-based position like the other messages.
+			return nil, fmt.Sprintf("invalid JSON at byte %d: %s", max(se.Offset-1, 0), se.Error()), err
 		default:
 			return nil, "invalid JSON: " + err.Error(), err
 		}

@@ -33,7 +33,7 @@ const DefaultEndpoint = "https://connect.getseam.com"
 // objects are a few KiB.
 const maxBodySize = 4 << 20
 
-// Endpoint paths.
+// Endpoint paths, relative to the base URL.
 const (
 	PathAssign   = "/acs/credentials/assign"
 	PathUnassign = "/acs/credentials/unassign"
@@ -48,7 +48,6 @@ type Client struct {
 	workspaceID string
 	userAgent   string
 	timeout     time.Duration
-	now         func() time.Time
 }
 
 // Request is the body of assign and unassign: a credential and exactly one
@@ -119,7 +118,6 @@ func New(baseURL, apiKey string, opts ...Option) (*Client, error) {
 		workspaceID: o.workspaceID,
 		userAgent:   o.userAgent,
 		timeout:     o.timeout,
-		now:         time.Now,
 	}, nil
 }
 
@@ -234,7 +232,7 @@ func (c *Client) do(ctx context.Context, path string, in any) (*Response, error)
 		body = bytes.ReplaceAll(body, []byte(c.apiKey), []byte(redacted))
 	}
 	// A non-2xx with a cut body is still an answer: its status says what happened.
-	resp, err := parseResponse(status, hr.Header, body, c.now())
+	resp, err := parseResponse(status, hr.Header, body, time.Now())
 	if err != nil {
 		var ae *APIError
 		if errors.As(err, &ae) {

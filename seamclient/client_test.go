@@ -154,7 +154,7 @@ func TestAPIError_FieldsComeFromEnvelopeAndHeader(t *testing.T) {
 		t.Errorf("class %v, want permanent", got)
 	}
 
-	srv.FailNext(1, seamtest.PathGet, seamtest.SeamError(http.StatusConflict, "credential_busy"))
+	srv.FailNext(1, seamclient.PathGet, seamtest.SeamError(http.StatusConflict, "credential_busy"))
 	_, err = c.Get(t.Context(), credID)
 	if ae := asAPIError(t, err); ae.StatusCode != 409 || ae.Type != "credential_busy" || seamclient.Classify(err) != seamclient.Transient {
 		t.Errorf("409: %+v, class %v", ae, seamclient.Classify(err))
@@ -324,6 +324,20 @@ func TestTransport_CallerCancelBeforeSendIsTransient(t *testing.T) {
 	var te *seamclient.TransportError
 	if !errors.As(err, &te) || te.Sent || !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v (%T), want an unsent *TransportError wrapping context.Canceled", err, err)
+	}
+	if got := seamclient.Classify(err); got != seamclient.Transient {
+		t.Errorf("class %v, want transient", got)
+	}
+}
+
+func TestTransport_ConnectionRefusedIsTransient(t *testing.T) {
+	srv, c := newFake(t, autoCreate())
+	srv.Close()
+
+	_, err := c.Get(t.Context(), credID)
+	var te *seamclient.TransportError
+	if !errors.As(err, &te) || te.Sent || te.Timeout() {
+		t.Fatalf("error %v (%T), want an unsent *TransportError", err, err)
 	}
 	if got := seamclient.Classify(err); got != seamclient.Transient {
 		t.Errorf("class %v, want transient", got)

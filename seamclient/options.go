@@ -28,6 +28,8 @@ type options struct {
 
 // WithHTTPClient makes the Client send its requests with hc instead of its
 // own pooled client. The per-request timeout (WithTimeout) still applies.
+// hc's redirect policy is kept; the Client's own one follows no redirect,
+// since a 301 or 302 would turn the POST into a GET.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(o *options) error {
 		if hc == nil {

@@ -81,6 +81,9 @@ func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHook
 	defer conn.Close()
 
 	ccfg := cfg.consumerConfig()
+	if err := ccfg.Validate(); err != nil {
+		return err
+	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = consumer.Provision(pctx, conn.js, ccfg, cfg.UpdateStreams)
 	cancel()

@@ -26,13 +26,16 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keyworker/keyworker/seamclient"
 )
 
-// Endpoint paths the fake serves.
+// Endpoint paths the fake serves: seamclient's, repeated here for tests
+// that only speak to the fake.
 const (
-	PathAssign   = "/acs/credentials/assign"
-	PathUnassign = "/acs/credentials/unassign"
-	PathGet      = "/acs/credentials/get"
+	PathAssign   = seamclient.PathAssign
+	PathUnassign = seamclient.PathUnassign
+	PathGet      = seamclient.PathGet
 )
 
 // maxRequestBody bounds what the fake reads of a request.
@@ -269,9 +272,14 @@ func (f *Fake) TotalEffects() int {
 }
 
 // MaxConcurrentPerCredential is the peak number of calls being handled at
-// once for any single credential. A call counts from its arrival until the
-// fake answers or drops it; a FaultTimeout stops counting when it starts
-// hanging, as the call is then lost rather than being processed.
+// once for any single credential, since New or ResetCounters. A call counts
+// from its arrival (latency included) until the fake has decided its answer;
+// the time a fault holds an answer back (Delay, a FaultTimeout's hang) is
+// not counted, as the call is then lost in the network, not processed. The
+// count ends before the answer is written, so a client that has its answer
+// never overlaps its own next call; a client that gave up during the
+// latency, though, leaves its call counted until the server notices the
+// closed connection, which a retry sent at once can overlap.
 func (f *Fake) MaxConcurrentPerCredential() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -344,6 +352,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	status, payload := f.handle(r, ep, body, requestID)
 	release() // before answering: once the client sees the answer, the call is over
 	if faulty {
+		sleepCtx(r.Context(), fault.Delay)
 		drop(w, false)
 		return
 	}
@@ -359,11 +368,11 @@ type endpoint struct {
 // and unassign, POST and GET (with a query) for get.
 func route(path string) (endpoint, bool) {
 	switch path {
-	case PathAssign:
+	case seamclient.PathAssign:
 		return endpoint{"assign", []string{http.MethodPost, http.MethodPatch}}, true
-	case PathUnassign:
+	case seamclient.PathUnassign:
 		return endpoint{"unassign", []string{http.MethodPost, http.MethodPatch}}, true
-	case PathGet:
+	case seamclient.PathGet:
 		return endpoint{"get", []string{http.MethodPost, http.MethodGet}}, true
 	}
 	return endpoint{}, false

@@ -45,9 +45,9 @@ func (k FaultKind) String() string {
 	return "FaultKind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// Fault is one scripted failure. Delay holds the answer back (for
-// FaultTimeout: how long to hang). A zero Kind means FaultStatus; a zero
-// Status means 500.
+// Fault is one scripted failure. Delay holds the answer (or the drop) back;
+// for FaultTimeout it is how long to hang. A zero Kind means FaultStatus; a
+// zero Status means 500.
 type Fault struct {
 	Kind       FaultKind
 	Status     int

@@ -72,7 +72,7 @@ func (f *Fake) Serve(ctx context.Context, addr string) (url string, stop func(co
 		once    sync.Once
 		stopErr error
 	)
-	stop = func(sctx context.Context) error {
+	shutdown := func(sctx context.Context) error {
 		once.Do(func() {
 			cancel()
 			stopErr = srv.Shutdown(sctx)
@@ -86,11 +86,11 @@ func (f *Fake) Serve(ctx context.Context, addr string) (url string, stop func(co
 	unregister := context.AfterFunc(ctx, func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer scancel()
-		_ = stop(sctx)
+		_ = shutdown(sctx)
 	})
-	userStop := func(sctx context.Context) error {
+	stop = func(sctx context.Context) error {
 		unregister()
-		return stop(sctx)
+		return shutdown(sctx)
 	}
-	return "http://" + ln.Addr().String(), userStop, nil
+	return "http://" + ln.Addr().String(), stop, nil
 }

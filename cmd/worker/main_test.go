@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
+	var out, errs bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := run(ctx, []string{"demo"}, nil, &out, &errs); err != nil {
+		t.Fatalf("demo: %v\n%s\n%s", err, out.String(), errs.String())
+	}
+	text := out.String()
+	for _, want := range []string{
+		"credential.assigned",
+		"credential.unassigned",
+		"credential.skipped  reason=stale",
+		"kind=invalid_event",
+		"kind=permanent",
+		"acs_credential_not_found",
+		"changed hands 2 times",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "no outcome") {
+		t.Fatalf("an event had no outcome:\n%s", text)
+	}
+}
+
+func TestConfig_BadValueIsOneLineNamingTheVariable(t *testing.T) {
+	for _, tc := range []struct{ env, value, want string }{
+		{"KEYWORKER_CONCURRENCY", "lots", "KEYWORKER_CONCURRENCY"},
+		{"KEYWORKER_CONCURRENCY", "0", "KEYWORKER_CONCURRENCY"},
+		{"LOG_FORMAT", "xml", "LOG_FORMAT"},
+		{"NATS_URL", "::not a url", "NATS_URL"},
+		{"SEAM_ENDPOINT", "ftp://x", "SEAM_ENDPOINT"},
+		{"KEYWORKER_SEAM_RPS", "-1", "KEYWORKER_SEAM_RPS"},
+		{"NATS_CREDS", "/does/not/exist.creds", "NATS_CREDS"},
+	} {
+		t.Run(tc.env+"="+tc.value, func(t *testing.T) {
+			t.Setenv(tc.env, tc.value)
+			t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
+			err := run(t.Context(), []string{"run"}, nil, io.Discard, io.Discard)
+			var u *usageError
+			if !errors.As(err, &u) {
+				t.Fatalf("want a usage error, got %v", err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
+				t.Fatalf("error %q must be one line naming %s", msg, tc.want)
+			}
+			if exitCode(err) != 2 {
+				t.Fatalf("exit code %d, want 2", exitCode(err))
+			}
+		})
+	}
+}
+
+func TestConnect_UnreachableNATSIsOneClearLine(t *testing.T) {
+	t.Setenv("NATS_URL", "nats://127.0.0.1:"+freePort(t))
+	t.Setenv("KEYWORKER_HTTP_ADDR", "")
+	err := run(t.Context(), []string{"run"}, nil, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "NATS_URL") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("want one line naming NATS_URL, got %v", err)
+	}
+}
+
+var (
+	lifecycleBinOnce sync.Once
+	lifecycleBin     string
+	lifecycleBinErr  error
+)
+
+// workerBinary builds the worker once per test run.
+func workerBinary(t *testing.T) string {
+	t.Helper()
+	lifecycleBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keyworker-bin-*")
+		if err != nil {
+			lifecycleBinErr = err
+			return
+		}
+		lifecycleBin = filepath.Join(dir, "worker")
+		out, err := exec.Command("go", "build", "-o", lifecycleBin, ".").CombinedOutput()
+		if err != nil {
+			lifecycleBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if lifecycleBinErr != nil {
+		t.Fatal(lifecycleBinErr)
+	}
+	return lifecycleBin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+// syncBuffer collects a process's output safely while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the worker binary: skipped under -short")
+	}
+	bin := workerBinary(t)
+	addr := "127.0.0.1:" + freePort(t)
+	cmd := exec.Command(bin)
+	cmd.Dir = t.TempDir() // ./data is created here: the embedded default
+	cmd.Env = append(os.Environ(), "KEYWORKER_HTTP_ADDR="+addr, "NATS_URL=", "SEAM_API_KEY=", "KEYWORKER_DATA_DIR=")
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"ready":true`) {
+				break
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("worker exited before ready: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 60 s:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the probe, as a kubelet would
+	}
+	if !strings.Contains(logs.String(), "SIMULATOR") {
+		t.Fatalf("the simulator must be announced at start:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(cmd.Dir, "data", "jetstream")); err != nil {
+		t.Fatalf("embedded store not under ./data: %v", err)
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30 s after SIGTERM:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "keyworker stopped") {
+		t.Fatalf("no clean stop logged:\n%s", logs.String())
+	}
+	t.Logf("stopped %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+}
