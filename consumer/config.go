@@ -32,7 +32,9 @@ type Config struct {
 	MaxAckPending int
 	AckWait       time.Duration // default 30 s; InProgress extends it while retrying
 
-	// Concurrency bounds the events handled at once in this process (default 32).
+	// Concurrency bounds the events worked on at once in this process
+	// (default 32). An event waiting out a retry delay gives its slot back
+	// until its next attempt; MaxAckPending bounds those.
 	Concurrency int
 	// MaxDeliver is the delivery count at which an event still failing
 	// transiently is dead-lettered as retries_exhausted (default 10). The

@@ -21,6 +21,8 @@ import (
 // job is what the pipeline knows about one delivery so far. Each step fills
 // in its part; a dead letter carries whatever is known when it is written.
 type job struct {
+	slots    slots // nil when handled outside Run
+	parked   bool  // slot given back while waiting
 	msg      jetstream.Msg
 	owner    string // this delivery's name in claims and leases
 	meta     *jetstream.MsgMetadata
@@ -55,11 +57,21 @@ type job struct {
 //  6. publish the result and record completion.
 //
 // A panic in any step dead-letters the message.
-func (w *Worker) Handle(ctx context.Context, msg jetstream.Msg) (out Outcome) {
+func (w *Worker) Handle(ctx context.Context, msg jetstream.Msg) Outcome {
+	return w.handle(ctx, msg, nil)
+}
+
+// handle is Handle for a message that holds one of Run's slots.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Outcome) {
 	// Each delivery owns its claims under its own name: two copies of one
 	// event in this process must not mistake each other's claim for their own.
 	owner := w.cfg.Owner + "." + strconv.FormatUint(w.deliveries.Add(1), 10)
-	j := &job{msg: msg, owner: owner, raw: msg.Data(), replayOf: replayOf(msg)}
+	j := &job{slots: s, msg: msg, owner: owner, raw: msg.Data(), replayOf: replayOf(msg)}
+	defer func() {
+		if s != nil && !j.parked {
+			s.release()
+		}
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error().Str("panic", fmt.Sprint(p)).Bytes("stack", debug.Stack()).
@@ -140,7 +152,7 @@ func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
 			return Outcome{Kind: Retry, Delay: delay, Err: err}, false
 		}
 		_ = j.msg.InProgress()
-		if !sleep(ctx, wait) {
+		if !w.wait(ctx, j, wait) {
 			return Outcome{Kind: Retry, Err: ctx.Err()}, false
 		}
 		wait = min(2*wait, 500*time.Millisecond)
@@ -175,7 +187,7 @@ func (w *Worker) leasePair(ctx context.Context, j *job) (Outcome, bool) {
 			return w.skip(ctx, j, stale.State), false
 		case errors.Is(err, idempotency.ErrPairBusy) && w.now().Add(wait).Before(deadline):
 			_ = j.msg.InProgress()
-			if !sleep(ctx, wait) {
+			if !w.wait(ctx, j, wait) {
 				return w.handBack(ctx, j, ctx.Err(), 0), false
 			}
 			wait = min(2*wait, 500*time.Millisecond)

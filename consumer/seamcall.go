@@ -24,6 +24,9 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	b := w.newBackOff()
 	applied := false
 	op := func() error {
+		if err := w.unpark(ctx, j); err != nil {
+			return backoff.Permanent(err)
+		}
 		if !applied {
 			if j.attempts > 0 && j.lease != nil {
 				// Renew before every retry: a lease that lapsed may have let
@@ -64,6 +67,7 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	}
 	notify := func(err error, d time.Duration) {
 		_ = j.msg.InProgress()
+		w.park(j) // backoff sleeps next: let another event work meanwhile
 		w.metrics.observeRetry(endpoint)
 		w.log.Debug().Err(err).Str("event_id", j.event.ID).Dur("next_in", d).Int("attempts", j.attempts).Msg("seam call failed: retrying")
 	}

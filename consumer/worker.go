@@ -132,7 +132,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopped := context.AfterFunc(ctx, iter.Drain)
 	defer stopped()
 
-	sem := make(chan struct{}, w.cfg.Concurrency)
+	sem := newSlots(w.cfg.Concurrency)
 	var wg sync.WaitGroup
 	for {
 		msg, err := iter.Next()
@@ -150,17 +150,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
+		if err := sem.acquire(ctx); err != nil {
 			_ = msg.Nak()
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
-			w.process(hctx, msg)
+			w.process(hctx, msg, sem) // releases the slot
 		}()
 	}
 
@@ -177,11 +174,11 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // process handles one message and settles it.
-func (w *Worker) process(ctx context.Context, msg jetstream.Msg) {
+func (w *Worker) process(ctx context.Context, msg jetstream.Msg, s slots) {
 	w.inFlight.Add(1)
 	defer w.inFlight.Add(-1)
 	start := w.now()
-	out := w.Handle(ctx, msg)
+	out := w.handle(ctx, msg, s)
 	if err := settle(msg, out); err != nil {
 		// The idempotency record makes the redelivery that follows harmless.
 		w.log.Warn().Err(err).Str("nats_subject", msg.Subject()).Msg("settling message")
