@@ -174,3 +174,18 @@ func TestHandle_HugeEventDeadLettersWithoutOriginal(t *testing.T) {
 		t.Fatalf("dead letter must point at the original: %+v", dl)
 	}
 }
+
+func TestHandle_EventWaitingOutRetryAfterDoesNotBlockOthers(t *testing.T) {
+	cfg := fastConfig()
+	cfg.Concurrency = 1
+	h := newHarness(t, cfg, seamtest.WithAutoCreate())
+	h.seam.FailNext(1, assignPath, seamtest.Status429("2"))
+	h.start(1)
+	credB, userB := pairIDs(7)
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "slow", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "fast", time.Now(), schemas.GuestData{ACSCredentialID: credB, ACSUserID: userB}), "")
+	got := h.waitOutcomes(2, 15*time.Second)
+	if got[0].sourceID() != "fast" || got[1].sourceID() != "slow" {
+		t.Fatalf("with one slot, the event behind a 2 s Retry-After must finish first: %v", subjects(got))
+	}
+}
