@@ -192,7 +192,15 @@ func (w *Worker) leasePair(ctx context.Context, j *job) (Outcome, bool) {
 			}
 			wait = min(2*wait, 500*time.Millisecond)
 		default:
-			return w.handBack(ctx, j, err, w.cfg.BusyDelay), false
+			// Still held after the in-process wait: the holder may have
+			// crashed, so come back when its lease ends instead of
+			// spending a delivery every BusyDelay.
+			delay := w.cfg.BusyDelay
+			var busy *idempotency.BusyError
+			if errors.As(err, &busy) {
+				delay = max(delay, busy.LeaseUntil.Sub(w.now()))
+			}
+			return w.handBack(ctx, j, err, delay), false
 		}
 	}
 }
@@ -201,8 +209,10 @@ func (w *Worker) leasePair(ctx context.Context, j *job) (Outcome, bool) {
 // completes the idempotency record.
 func (w *Worker) applied(ctx context.Context, j *job) Outcome {
 	if err := w.pairs.Applied(ctx, j.lease); err != nil {
-		// The effect happened; the result must still be published.
-		w.log.Warn().Err(err).Str("event_id", j.event.ID).Msg("recording ordering state")
+		// Unrecorded, the change would not make older events of the pair
+		// stale, and one could undo it. The redelivery repeats the Seam
+		// call (a no-op now), records it and publishes the result.
+		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
 	}
 	subject := schemas.SubjectAssigned
 	if j.event.Type == schemas.SubjectCheckedOut {
@@ -324,12 +334,14 @@ func (w *Worker) nakDelay(delivered uint64) time.Duration {
 // one per source event, so a re-publish after a crash is deduplicated by
 // the stream. A replay gets its own, or it would be swallowed as a duplicate.
 func (w *Worker) outcomeID(j *job) string {
+	var id string
 	if j.key == "" {
-		// Undecodable: the stream message is the only identity there is.
+		// Undecodable: its bytes are the only identity there is.
 		sum := sha256.Sum256(j.raw)
-		return "keyworker-raw-" + hex.EncodeToString(sum[:16])
+		id = "keyworker-raw-" + hex.EncodeToString(sum[:16])
+	} else {
+		id = "keyworker-" + j.key[:40]
 	}
-	id := "keyworker-" + j.key[:40]
 	if j.replayOf != 0 {
 		id += "-replay-" + strconv.FormatUint(j.replayOf, 10)
 	}

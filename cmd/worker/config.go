@@ -46,6 +46,10 @@ type config struct {
 	ShutdownGrace time.Duration
 	Replicas      int
 	UpdateStreams bool
+
+	// worker is set when the worker's own settings were registered: the
+	// operator commands have only the NATS ones.
+	worker bool
 }
 
 // binding ties a flag to its environment variable.
@@ -81,6 +85,7 @@ func registerConfig(fs *flag.FlagSet, withWorker bool) *configFlags {
 	if !withWorker {
 		return c
 	}
+	c.cfg.worker = true
 	str(&c.cfg.SeamAPIKey, "seam-api-key", "SEAM_API_KEY", "", "Seam API key; empty uses the built-in Seam simulator")
 	str(&c.cfg.SeamEndpoint, "seam-endpoint", "SEAM_ENDPOINT", seamclient.DefaultEndpoint, "Seam base URL")
 	str(&c.cfg.SeamWorkspaceID, "seam-workspace-id", "SEAM_WORKSPACE_ID", "", "sent as seam-workspace, for personal access tokens")
@@ -162,6 +167,9 @@ func (c *config) validate() error {
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return bad("KEYWORKER_REPLICAS", "%d is not between 1 and 5", c.Replicas)
+	}
+	if !c.worker {
+		return nil
 	}
 	if c.SeamEndpoint != "" {
 		if u, err := url.Parse(c.SeamEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

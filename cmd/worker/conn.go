@@ -120,7 +120,9 @@ func natsOptions(cfg *config, log zerolog.Logger, name string) ([]nats.Option, e
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn().Err(err).Msg("NATS disconnected: reconnecting")
+			if err != nil { // nil: our own Close or Drain
+				log.Warn().Err(err).Msg("NATS disconnected: reconnecting")
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("nats_url", nc.ConnectedUrlRedacted()).Msg("NATS reconnected")

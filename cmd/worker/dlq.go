@@ -2,11 +2,76 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
-// runDLQ is not built yet.
+const dlqUsage = `Usage: worker dlq list|show|replay|purge [flags]
+
+Dead letters are events keyworker gave up on, kept in the DEAD_LETTERS
+stream with everything needed to replay them.
+
+  list      table of dead letters (or --json)
+  show SEQ  one dead letter in full; credential codes masked unless --reveal
+  replay    re-publish the original events to their original subjects
+  purge     delete dead letters (only with --yes)
+
+Filters (list, replay, purge): --subject, --since, --until, --error-kind,
+--seam-error-type, --id, --limit. Each subcommand takes --help.
+
+Example:
+  worker dlq list --error-kind retries_exhausted --since 2h
+  worker dlq replay --error-kind retries_exhausted --since 2h --rate 5 --yes
+`
+
+// runDLQ dispatches `worker dlq` subcommands.
 func runDLQ(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return errors.New("dlq: not built yet")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, dlqUsage)
+		return &usageError{msg: "dlq: say list, show, replay or purge (worker dlq --help)"}
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "list":
+		return dlqList(ctx, args, stdout, stderr)
+	case "show":
+		return dlqShow(ctx, args, stdout, stderr)
+	case "replay":
+		return dlqReplay(ctx, args, stdin, stdout, stderr)
+	case "purge":
+		return dlqPurge(ctx, args, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, dlqUsage)
+		return nil
+	}
+	return &usageError{msg: fmt.Sprintf("dlq: unknown subcommand %q: say list, show, replay or purge", cmd)}
 }
+
+// dlqSession is an open connection and a dlq.Queue on the default layout.
+type dlqSession struct {
+	conn *natsConn
+	q    *dlq.Queue
+	log  zerolog.Logger
+}
+
+// dlqConnect connects as cf says and opens the dead-letter queue.
+func dlqConnect(ctx context.Context, cf *configFlags, stderr io.Writer, name string) (*dlqSession, error) {
+	log := newLogger(&cf.cfg, stderr)
+	conn, err := connectNATS(ctx, &cf.cfg, log, name, false)
+	if err != nil {
+		return nil, err
+	}
+	q, err := dlq.New(conn.js, consumer.Config{Replicas: cf.cfg.Replicas})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return &dlqSession{conn: conn, q: q, log: log}, nil
+}
+
+func (s *dlqSession) Close() { s.conn.Close() }

@@ -16,6 +16,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/schemas"
 )
 
 func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
@@ -198,4 +205,43 @@ func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("no clean stop logged:\n%s", logs.String())
 	}
 	t.Logf("stopped %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+}
+
+func TestPublish_PutsAValidEventOnTheStream(t *testing.T) {
+	_, url := embedded.StartTest(t)
+	t.Setenv("NATS_URL", url)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := consumer.Provision(t.Context(), js, consumer.Config{}, false); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err = run(t.Context(), []string{"publish", "checkout", "--credential", "66666666-6666-4666-8666-666666666666",
+		"--user-identity", "44444444-4444-4444-8444-444444444444", "--reservation", "R-7"}, nil, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := js.Stream(t.Context(), "GUEST_EVENTS")
+	m, err := s.GetLastMsgForSubject(t.Context(), "guest.checked_out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := schemas.NewValidator()
+	ev, err := v.DecodeGuestEvent("guest.checked_out", m.Data)
+	if err != nil || ev.Data.UserIdentityID != "44444444-4444-4444-8444-444444444444" || ev.Subject != "R-7" {
+		t.Fatalf("published event: %v %+v", err, ev)
+	}
+	if !strings.Contains(out.String(), "published guest.checked_out") {
+		t.Fatalf("output: %s", out.String())
+	}
+
+	err = run(t.Context(), []string{"publish", "checkin", "--credential", "not-a-uuid", "--user", "x"}, nil, io.Discard, io.Discard)
+	var u *usageError
+	if !errors.As(err, &u) {
+		t.Fatalf("an invalid event must be refused before publishing, got %v", err)
+	}
 }

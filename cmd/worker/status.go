@@ -2,11 +2,115 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"flag"
+	"fmt"
 	"io"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
-// runStatus is not built yet.
+const statusUsage = `Usage: worker status [--json]
+
+Prints the sizes of the input, results and dead-letter streams, the durable
+consumer's pending, ack-pending and redelivered counts, the dead letters by
+error kind and the number of idempotency records.
+
+Example:
+  NATS_URL=nats://127.0.0.1:4222 worker status
+  worker status --json | jq .consumer.pending
+
+Flags:
+`
+
+// runStatus is `worker status`.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("status: not built yet")
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	cf := dlqRegisterConfig(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	rest, err := dlqParse(fs, cf, args)
+	if err != nil {
+		return helpOr(err, fs, statusUsage, stdout)
+	}
+	if len(rest) > 0 {
+		return &usageError{msg: fmt.Sprintf("status: unexpected argument %q", rest[0])}
+	}
+	s, err := dlqConnect(ctx, cf, stderr, "keyworker-status")
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	st, err := s.q.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return statusWrite(stdout, st)
+}
+
+// statusWrite renders a status for people.
+func statusWrite(w io.Writer, st *dlq.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STREAM\tROLE\tMESSAGES\tBYTES")
+	for _, s := range st.Streams {
+		if !s.Found {
+			fmt.Fprintf(tw, "%s\t%s\tnot found\t\n", s.Name, s.Role)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", s.Name, s.Role, s.Messages, statusBytes(s.Bytes))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	c := st.Consumer
+	fmt.Fprintln(w)
+	if c.Found {
+		fmt.Fprintf(w, "Consumer %s on %s: %d pending, %d awaiting ack, %d redelivered, %d pull requests waiting\n",
+			c.Name, c.Stream, c.Pending, c.AckPending, c.Redelivered, c.Waiting)
+	} else {
+		fmt.Fprintf(w, "Consumer %s on %s: not found (no worker has started against this NATS)\n", c.Name, c.Stream)
+	}
+	fmt.Fprintf(w, "Dead letters: %d", st.DeadLetters.Total)
+	kinds := make([]string, 0, len(st.DeadLetters.ByErrorKind))
+	for k := range st.DeadLetters.ByErrorKind {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	for i, k := range kinds {
+		sep := ", "
+		if i == 0 {
+			sep = " ("
+		}
+		fmt.Fprintf(w, "%s%s %d", sep, k, st.DeadLetters.ByErrorKind[k])
+	}
+	if len(kinds) > 0 {
+		fmt.Fprint(w, ")")
+	}
+	fmt.Fprintln(w)
+	if st.Idempotency.Found {
+		fmt.Fprintf(w, "Idempotency records: %d in %s\n", st.Idempotency.Records, st.Idempotency.Bucket)
+	} else {
+		fmt.Fprintf(w, "Idempotency records: bucket %s not found\n", st.Idempotency.Bucket)
+	}
+	return nil
+}
+
+// statusBytes renders a byte count in binary units.
+func statusBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

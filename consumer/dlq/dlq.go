@@ -52,7 +52,6 @@ var (
 type Queue struct {
 	js  jetstream.JetStream
 	cfg consumer.Config
-	now func() time.Time
 }
 
 // New returns a Queue on the NATS layout of cfg (stream, consumer and
@@ -64,7 +63,7 @@ func New(js jetstream.JetStream, cfg consumer.Config) (*Queue, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, cfg: cfg, now: time.Now}, nil
+	return &Queue{js: js, cfg: cfg}, nil
 }
 
 // Entry is one message of the dead-letter stream. When the message does not

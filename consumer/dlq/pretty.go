@@ -12,17 +12,14 @@ import (
 // Masked replaces a secret in Pretty's output.
 const Masked = "****"
 
-// secretKeys are the members whose values Pretty masks, wherever they
-// appear: the code (PIN) of an acs_credential and a card's number. Masking
-// them in every object, not only in acs_credential ones, costs a little
-// readability and cannot leak a code through an unexpected shape.
-var secretKeys = []string{"code", "card_number", "pin"}
-
+// isSecretKey reports whether Pretty masks the value of member k: the code
+// (PIN) of an acs_credential and a card's number, wherever they appear.
+// Masking them in every object, not only in acs_credential ones, costs a
+// little readability and cannot leak a code through an unexpected shape.
 func isSecretKey(k string) bool {
-	for _, s := range secretKeys {
-		if strings.EqualFold(k, s) {
-			return true
-		}
+	switch strings.ToLower(k) {
+	case "code", "card_number", "pin":
+		return true
 	}
 	return false
 }

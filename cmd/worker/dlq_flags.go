@@ -1,0 +1,122 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyworker/keyworker/consumer/dlq"
+	"github.com/keyworker/keyworker/schemas"
+)
+
+// dlqRegisterConfig registers the NATS connection settings of an operator
+// command (dlq, status).
+func dlqRegisterConfig(fs *flag.FlagSet) *configFlags {
+	return registerConfig(fs, false)
+}
+
+// dlqParse parses args, which may mix flags and positional arguments
+// (`dlq show 12 --reveal`), and returns the positional ones.
+func dlqParse(fs *flag.FlagSet, cf *configFlags, args []string) ([]string, error) {
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	if err := parseFlags(fs, cf, flags, os.Getenv); err != nil {
+		return nil, err
+	}
+	return positional, nil
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// dlqFilterFlags are the selection flags shared by list, replay and purge.
+type dlqFilterFlags struct {
+	subject, since, until, kind, seamType, id string
+	limit                                     int
+}
+
+func (f *dlqFilterFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.subject, "subject", "", "original subject: guest.checked_in or guest.checked_out (checkin, checkout)")
+	fs.StringVar(&f.since, "since", "", "dead-lettered at or after: RFC 3339 time, or a duration ago such as 2h or 7d")
+	fs.StringVar(&f.until, "until", "", "dead-lettered at or before: RFC 3339 time, or a duration ago such as 30m")
+	fs.StringVar(&f.kind, "error-kind", "", "invalid_event, permanent or retries_exhausted")
+	fs.StringVar(&f.seamType, "seam-error-type", "", "error type Seam answered, e.g. acs_credential_not_found")
+	fs.StringVar(&f.id, "id", "", "CloudEvents id of the original event")
+	fs.IntVar(&f.limit, "limit", 0, "at most this many dead letters, oldest first (0: all)")
+}
+
+// filter turns the flags into a dlq.Filter; errors are usage errors.
+func (f *dlqFilterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
+	out := dlq.Filter{ErrorKind: f.kind, SeamErrorType: f.seamType, SourceEventID: f.id, Limit: f.limit}
+	switch s := strings.TrimPrefix(f.subject, schemas.DeadLetterPrefix); s {
+	case "checkin", "checked_in":
+		out.Subject = schemas.SubjectCheckedIn
+	case "checkout", "checked_out":
+		out.Subject = schemas.SubjectCheckedOut
+	default:
+		out.Subject = s
+	}
+	var err error
+	if out.Since, err = dlqParseWhen(f.since, now); err != nil {
+		return out, &usageError{msg: cmd + ": --since: " + err.Error()}
+	}
+	if out.Until, err = dlqParseWhen(f.until, now); err != nil {
+		return out, &usageError{msg: cmd + ": --until: " + err.Error()}
+	}
+	if err := out.Validate(); err != nil {
+		return out, &usageError{msg: cmd + ": " + strings.TrimPrefix(err.Error(), "dlq: ")}
+	}
+	return out, nil
+}
+
+// dlqParseWhen reads an RFC 3339 time, or a duration meaning that long
+// before now (Go syntax such as 90m or 2h, plus whole days such as 7d).
+func dlqParseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration such as 2h or 7d", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration such as 2h or 7d", s)
+		}
+	}
+	if d < 0 {
+		return time.Time{}, fmt.Errorf("%q: a duration means that long ago and must not be negative", s)
+	}
+	return now.Add(-d), nil
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/seamclient"
+	"github.com/keyworker/keyworker/seamclient/seamtest"
+)
+
+// dlqTestEnv is an embedded JetStream server with the keyworker layout, a
+// Seam fake that can be switched to answer 503, and a real worker running
+// in process. The CLI is driven through run() with NATS_URL pointing at
+// the server.
+type dlqTestEnv struct {
+	t       *testing.T
+	url     string
+	js      jetstream.JetStream
+	cfg     consumer.Config
+	fake    *seamtest.Fake
+	seamURL string
+	failing atomic.Bool // the fake answers 503 service_unavailable while set
+	stop    func()      // stops the worker, if one runs
+}
+
+// dlqTestConfig dead-letters an event still failing after two deliveries
+// of a short in-process retry budget: retries_exhausted in well under a second.
+func dlqTestConfig() consumer.Config {
+	return consumer.Config{
+		Concurrency:  16,
+		MaxDeliver:   2,
+		RetryBudget:  100 * time.Millisecond,
+		RetryInitial: 10 * time.Millisecond,
+		RetryMax:     40 * time.Millisecond,
+		NakDelay:     20 * time.Millisecond,
+		NakDelayMax:  50 * time.Millisecond,
+		BusyDelay:    20 * time.Millisecond,
+		SeamTimeout:  2 * time.Second,
+		Lease:        10 * time.Second,
+		AckWait:      5 * time.Second,
+	}
+}
+
+func newDLQTestEnv(t *testing.T) *dlqTestEnv {
+	t.Helper()
+	_, url := embedded.StartTest(t)
+	t.Setenv("NATS_URL", url)
+	t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
+	t.Setenv("LOG_LEVEL", "warn")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dlqTestConfig()
+	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e := &dlqTestEnv{t: t, url: url, js: js, cfg: cfg, fake: seamtest.New(seamtest.WithAutoCreate()), stop: func() {}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e.failing.Load() {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":{"type":"service_unavailable","message":"Down for the test."},"ok":false}`))
+			return
+		}
+		e.fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e.seamURL = srv.URL
+	return e
+}
+
+// startWorker runs a real consumer.Worker on its own connection until
+// e.stop is called or the test ends.
+func (e *dlqTestEnv) startWorker() {
+	e.t.Helper()
+	nc, err := nats.Connect(e.url)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	client, err := seamclient.New(e.seamURL, "test-key", seamclient.WithTimeout(e.cfg.SeamTimeout))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	w, err := consumer.New(context.Background(), js, client, e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := w.Run(ctx); err != nil {
+			e.t.Errorf("worker: %v", err)
+		}
+	}()
+	var once sync.Once
+	e.stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	e.t.Cleanup(e.stop)
+}
+
+// checkIn is one published guest.checked_in event.
+type checkIn struct {
+	id, cred, user string
+}
+
+// publishCheckIns publishes n valid check-ins, each for its own credential.
+func (e *dlqTestEnv) publishCheckIns(n int, prefix string) []checkIn {
+	e.t.Helper()
+	out := make([]checkIn, 0, n)
+	for i := range n {
+		c := checkIn{id: fmt.Sprintf("%s-%d", prefix, i), cred: newUUID(), user: newUUID()}
+		g := guestFlags{Credential: c.cred, User: c.user, Reservation: "R-" + c.id, ID: c.id, Source: "pms://test"}
+		doc, err := g.event(schemas.SubjectCheckedIn, time.Now().UTC().Add(-time.Minute))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if _, err := publishEvent(context.Background(), e.js, schemas.SubjectCheckedIn, doc, ""); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// streamMsgs reads every message of a stream.
+func (e *dlqTestEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
+	e.t.Helper()
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, stream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	st := s.CachedInfo().State
+	var out []*jetstream.RawStreamMsg
+	for seq := st.FirstSeq; st.Msgs > 0 && seq <= st.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// waitStream waits until stream holds at least n messages and returns them.
+func (e *dlqTestEnv) waitStream(stream string, n int, within time.Duration) []*jetstream.RawStreamMsg {
+	e.t.Helper()
+	var msgs []*jetstream.RawStreamMsg
+	dlqWaitFor(e.t, within, func() error {
+		msgs = e.streamMsgs(stream)
+		if len(msgs) < n {
+			return fmt.Errorf("%s holds %d messages, want %d", stream, len(msgs), n)
+		}
+		return nil
+	})
+	return msgs
+}
+
+// lastSeq is the last sequence of a stream.
+func (e *dlqTestEnv) lastSeq(stream string) uint64 {
+	e.t.Helper()
+	s, err := e.js.Stream(context.Background(), stream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return s.CachedInfo().State.LastSeq
+}
+
+// cliResult is what one CLI run printed and returned.
+type cliResult struct {
+	stdout, stderr string
+	err            error
+}
+
+// cli runs the worker command in process, with an empty, non-terminal stdin.
+func (e *dlqTestEnv) cli(args ...string) cliResult {
+	e.t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return cliResult{stdout: out.String(), stderr: errb.String(), err: err}
+}
+
+// mustCLI runs the command and fails the test if it returns an error.
+func (e *dlqTestEnv) mustCLI(args ...string) cliResult {
+	e.t.Helper()
+	r := e.cli(args...)
+	if r.err != nil {
+		e.t.Fatalf("worker %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.err, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// listJSON runs `dlq list --json` with extra flags and decodes the rows.
+func (e *dlqTestEnv) listJSON(flags ...string) []map[string]any {
+	e.t.Helper()
+	r := e.mustCLI(append([]string{"dlq", "list", "--json"}, flags...)...)
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		e.t.Fatalf("dlq list --json is not one JSON array: %v\n%s", err, r.stdout)
+	}
+	return rows
+}
+
+// deadLetter publishes n check-ins while the fake answers 503, and waits
+// until each has its retries_exhausted dead letter. It returns the events
+// and the dead-letter messages.
+func (e *dlqTestEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.RawStreamMsg) {
+	e.t.Helper()
+	e.failing.Store(true)
+	before := len(e.streamMsgs(e.cfg.DeadLetterStream))
+	events := e.publishCheckIns(n, prefix)
+	msgs := e.waitStream(e.cfg.DeadLetterStream, before+n, 15*time.Second)
+	return events, msgs[before:]
+}
+
+func dlqWaitFor(t testing.TB, within time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	wait := 5 * time.Millisecond
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", within, err)
+		}
+		time.Sleep(wait) // polling an external condition, like nats.go's checkFor
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// results decodes the credential results of the given subject.
+func (e *dlqTestEnv) results(subject string) []schemas.CredentialResult {
+	e.t.Helper()
+	var out []schemas.CredentialResult
+	for _, m := range e.streamMsgs(e.cfg.ResultsStream) {
+		if m.Subject != subject {
+			continue
+		}
+		var env schemas.Envelope
+		var r schemas.CredentialResult
+		if err := json.Unmarshal(m.Data, &env); err != nil {
+			e.t.Fatal(err)
+		}
+		if err := json.Unmarshal(env.Data, &r); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
