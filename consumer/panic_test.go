@@ -52,9 +52,11 @@ func (p panickingSeam) check(id string) {
 	}
 }
 
-// runWorkerWith runs one worker with its own connection and the given
-// Seam caller until the test ends.
-func (h *harness) runWorkerWith(seam consumer.SeamCaller) {
+// newWorkerWith builds a worker with its own connection and the given
+// Seam caller. A non-empty owner names it in claims and leases; the
+// harness's workers otherwise share h.cfg.Owner, so they cannot see each
+// other's claims as foreign.
+func (h *harness) newWorkerWith(seam consumer.SeamCaller, owner string) *consumer.Worker {
 	h.t.Helper()
 	nc, err := nats.Connect(h.url)
 	if err != nil {
@@ -65,10 +67,21 @@ func (h *harness) runWorkerWith(seam consumer.SeamCaller) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	w, err := consumer.New(context.Background(), js, seam, h.cfg)
+	cfg := h.cfg
+	if owner != "" {
+		cfg.Owner = owner
+	}
+	w, err := consumer.New(context.Background(), js, seam, cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return w
+}
+
+// runWorkerWith runs one worker with the given Seam caller until the test ends.
+func (h *harness) runWorkerWith(seam consumer.SeamCaller) {
+	h.t.Helper()
+	w := h.newWorkerWith(seam, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -23,6 +23,14 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	}
 	b := w.newBackOff()
 	applied := false
+	if j.meta != nil && j.meta.NumDelivered > 1 {
+		// An earlier delivery may have died after Seam applied the change:
+		// read before writing, as after an unknown outcome.
+		if resp, err := w.confirm(ctx, j, assign, errNotYet); err == nil {
+			applied = true
+			j.credential = resp.Credential
+		}
+	}
 	op := func() error {
 		if err := w.unpark(ctx, j); err != nil {
 			return backoff.Permanent(err)
@@ -73,6 +81,9 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	}
 	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify)
 }
+
+// errNotYet is the cause confirm returns when the change is not applied yet.
+var errNotYet = errors.New("consumer: not applied yet")
 
 // seamRequest makes one Seam request, counting it and honouring the rate limit.
 func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {

@@ -8,9 +8,14 @@ package consumer_test
 import (
 	"context"
 	"encoding/json"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/idempotency"
@@ -192,5 +197,137 @@ func TestHandle_EventWaitingForADeadReplicasPairLeaseIsNotDeadLettered(t *testin
 			why = got[0].DL.Error.Kind + ": " + got[0].DL.Error.Message
 		}
 		t.Fatalf("want credential.assigned once the dead lease ran out, got %v %s", subjects(got), why)
+	}
+}
+
+// crashingSeam makes the call it is given and then ends the calling
+// goroutine without returning, as if the process died right after Seam
+// answered: nothing the pipeline would do next (publish, record, ack,
+// release) happens.
+type crashingSeam struct{ consumer.SeamCaller }
+
+func (c crashingSeam) Assign(ctx context.Context, r seamclient.Request) (*seamclient.Response, error) {
+	_, _ = c.SeamCaller.Assign(ctx, r)
+	runtime.Goexit()
+	return nil, nil
+}
+
+// fetchOne takes the next message of the durable consumer without acking it.
+func (h *harness) fetchOne() jetstream.Msg {
+	h.t.Helper()
+	cons, err := h.js.Consumer(h.t.Context(), h.cfg.InputStream, h.cfg.Durable)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	msg := <-batch.Messages()
+	if msg == nil {
+		h.t.Fatal("no message fetched")
+	}
+	return msg
+}
+
+// crashConfig has short leases, so a crashed delivery's claim and pair
+// lease run out within seconds.
+func crashConfig() consumer.Config {
+	cfg := fastConfig()
+	cfg.SeamTimeout = time.Second
+	cfg.Lease = 2 * time.Second
+	cfg.AckWait = time.Second
+	return cfg
+}
+
+func TestHandle_RedeliveryAfterACrashFollowingTheSeamCallConfirmsBeforeCallingAgain(t *testing.T) {
+	h := newHarness(t, crashConfig(), seamtest.WithAutoCreate())
+	d := schemas.GuestData{ACSCredentialID: credUnknown, ACSUserID: userUnknown}
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "crash-after-call", time.Now(), d), "")
+
+	// The first delivery assigns the credential in Seam, then its process dies.
+	crashed := make(chan struct{})
+	msg := h.fetchOne()
+	go func() {
+		defer close(crashed)
+		h.newWorkerWith(crashingSeam{h.seamClient()}, "crashed-replica").Handle(context.Background(), msg)
+	}()
+	<-crashed
+	if !h.seam.IsAssigned(credUnknown, userUnknown) {
+		t.Fatal("the crashed delivery did not reach Seam")
+	}
+	// Whatever the next identical call gets (here a refusal), the change is made.
+	h.seam.FailNext(1, seamtest.PathAssign, seamtest.SeamError(400, "invalid_input"))
+
+	h.start(1)
+	h.waitDrained(15 * time.Second)
+	got := h.outcomes()
+	if len(got) != 1 || got[0].Subject != schemas.SubjectAssigned {
+		var why string
+		if len(got) == 1 {
+			why = got[0].DL.Error.Message
+		}
+		t.Fatalf("the credential is assigned, so want credential.assigned; got %v %s (assign calls %d, get calls %d)",
+			subjects(got), why, h.seam.Calls(seamtest.PathAssign), h.seam.Calls(seamtest.PathGet))
+	}
+	if n := h.seam.Calls(seamtest.PathAssign); n != 1 {
+		t.Fatalf("%d assign calls: the redelivery must read the credential before calling again", n)
+	}
+}
+
+// crashAfterPublish is a JetStream connection whose process dies right
+// after it publishes to a subject with the given prefix: the outcome is in
+// its stream, and nothing after it (recording, settling) happens.
+type crashAfterPublish struct {
+	jetstream.JetStream
+	prefix string
+}
+
+func (c crashAfterPublish) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := c.JetStream.PublishMsg(ctx, msg, opts...)
+	if err == nil && strings.HasPrefix(msg.Subject, c.prefix) {
+		runtime.Goexit()
+	}
+	return ack, err
+}
+
+func TestHandle_RedeliveryAfterACrashFollowingTheDeadLetterPublishesNoSecondOutcome(t *testing.T) {
+	h := newHarness(t, crashConfig(), seamtest.WithAutoCreate())
+	d := schemas.GuestData{ACSCredentialID: credUnknown, ACSUserID: userUnknown}
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "crash-after-dl", time.Now(), d), "")
+
+	// The first delivery is refused by Seam, publishes its dead letter, and
+	// its process dies before anything else.
+	h.seam.FailNext(1, seamtest.PathAssign, seamtest.SeamError(400, "invalid_input"))
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.cfg
+	cfg.Owner = "crashed-replica"
+	w1, err := consumer.New(t.Context(), crashAfterPublish{JetStream: js, prefix: schemas.DeadLetterPrefix}, h.seamClient(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed := make(chan struct{})
+	msg := h.fetchOne()
+	go func() {
+		defer close(crashed)
+		w1.Handle(context.Background(), msg)
+	}()
+	<-crashed
+	if got := h.outcomes(); len(got) != 1 || got[0].DL.OriginalSubject == "" {
+		t.Fatalf("the crashed delivery did not publish its dead letter: %v", subjects(got))
+	}
+
+	h.start(1) // Seam accepts from now on
+	h.waitDrained(15 * time.Second)
+	if got := h.outcomes(); len(got) != 1 {
+		t.Fatalf("want only the dead letter already published, got %v", subjects(got))
 	}
 }

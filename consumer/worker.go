@@ -129,7 +129,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	// ends: cutting a Seam call short turns a clean result into an unknown one.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	stopped := context.AfterFunc(ctx, iter.Drain)
+	stopped := context.AfterFunc(ctx, func() {
+		// Draining flushes to the server first, which takes the whole
+		// flush timeout while NATS is away: then stop at once.
+		if w.js.Conn().IsConnected() {
+			iter.Drain()
+		} else {
+			iter.Stop()
+		}
+	})
 	defer stopped()
 
 	sem := newSlots(w.cfg.Concurrency)
@@ -168,10 +176,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-time.After(w.cfg.ShutdownGrace):
 		w.log.Warn().Int64("in_flight", w.inFlight.Load()).Msg("shutdown grace period over: handing back in-flight events")
 		cancelHandlers()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(handBackTimeout):
+			// NATS is slow or away: what they hold is left to expire.
+			w.log.Warn().Int64("in_flight", w.inFlight.Load()).Msg("in-flight events not handed back in time: their claims and leases will expire")
+		}
 	}
 	return nil
 }
+
+// handBackTimeout bounds how long Run waits, once the shutdown grace period
+// is over, for cancelled handlers to hand their events back.
+const handBackTimeout = time.Second
 
 // process handles one message and settles it.
 func (w *Worker) process(ctx context.Context, msg jetstream.Msg, s slots) {

@@ -2,11 +2,307 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"time"
 )
 
-// runBench is not built yet.
+const benchUsage = `Usage: worker bench [--quick] [--json] [--scenario P1,P2,...] [--cpuprofile F] [--memprofile F]
+
+Measures keyworker against the floor: a bare consume -> one POST to Seam ->
+ack loop on the same stream, with the same concurrency, no idempotency and no
+results. Each run gets a fresh embedded JetStream server (file store in a
+temporary directory) and a Seam fake, both in this process, on loopback only.
+
+  P1  zero-latency fake: keyworker events/s / floor events/s   target >= 0.5
+  P2  fake latency 100 ms, concurrency 64: events/s / 640       target >= 0.9
+  P3  20% transient faults (503 HTML, 429 Retry-After 1 s): steady
+      events/s / P1 fault-free keyworker steady events/s        target >= 0.8
+  P4  worker-added p99 latency at an offered 500 events/s      target <= 5 ms
+  P5  peak RSS at concurrency 256, the worker in its own process
+                                                                target <= 64 MiB
+
+The report's notes say how each figure is measured. Figures on a machine
+shared with other work are noisy: the CPU/ev and cpu wait columns show it.
+
+A missed target is reported, not an error: the exit status is non-zero only
+when a run broke (timed out, lost or doubled an event, failed to start).
+
+Example:
+  go run ./cmd/worker bench --quick
+  go run ./cmd/worker bench --scenario P1 --cpuprofile cpu.pprof
+
+Flags:
+`
+
+// benchOptions steer one bench invocation.
+type benchOptions struct {
+	quick      bool
+	json       bool
+	scenarios  []string
+	cpuProfile string
+	memProfile string
+	// events, when positive, replaces every scenario's event count (tests).
+	events int
+	// exe runs P5 in child processes (`worker run` and the floor loop) so
+	// that their peak RSS is the worker's alone; empty runs it in process.
+	exe string
+	// progress receives one line per run; nil discards.
+	progress io.Writer
+}
+
+// benchScenario is one row of the benchmark.
+type benchScenario struct {
+	ID          string
+	Title       string
+	Events      int
+	FullEvents  int // the count of a full run, to say what --quick scaled down
+	Concurrency int
+	Latency     time.Duration // Seam fake latency per call
+	FaultRate   float64       // share of Seam calls answered with a transient fault
+	OfferedRate float64       // events/s published during the run; 0 pre-loads the stream
+	Child       bool          // run the pipelines in child processes when possible
+	Repeat      int           // runs of each pipeline, the best kept (default 1)
+	Timeout     time.Duration // hard limit of one run
+}
+
+func benchScenarios(quick bool) []benchScenario {
+	full := []benchScenario{
+		{ID: "P1", Title: "zero-latency fake", Events: 20000, Concurrency: 32, Repeat: 3},
+		{ID: "P2", Title: "fake latency 100 ms, concurrency 64", Events: 6400, Concurrency: 64, Latency: 100 * time.Millisecond},
+		{ID: "P3", Title: "20% transient faults (503 HTML, 429 Retry-After 1 s)", Events: 40000, Concurrency: 32, FaultRate: 0.2},
+		{ID: "P4", Title: "offered 500 events/s, zero-latency fake", Events: 10000, Concurrency: 32, OfferedRate: 500},
+		{ID: "P5", Title: "concurrency 256, fake latency 100 ms", Events: 10000, Concurrency: 256, Latency: 100 * time.Millisecond, Child: true},
+	}
+	quickEvents := map[string]int{"P1": 5000, "P2": 1280, "P3": 10000, "P4": 1000, "P5": 2000}
+	for i := range full {
+		s := &full[i]
+		s.FullEvents = s.Events
+		s.Timeout = 90 * time.Second
+		if quick {
+			s.Events = quickEvents[s.ID]
+			s.Timeout = 20 * time.Second
+		}
+	}
+	return full
+}
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench: not built yet")
+	if len(args) > 0 && args[0] == benchChildFloorArg {
+		return runBenchFloorChild(ctx, args[1:], stdout)
+	}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o benchOptions
+	var scen string
+	fs.BoolVar(&o.quick, "quick", false, "scaled-down event counts: everything in under a minute")
+	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
+	fs.StringVar(&scen, "scenario", "", "comma-separated scenarios to run (default: all), e.g. P1,P4")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the keyworker runs to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end of each keyworker run to this file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return helpOr(err, fs, benchUsage, stdout)
+		}
+		return &usageError{msg: "bench: " + err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
+	}
+	known := benchScenarios(false)
+	for _, id := range strings.Split(scen, ",") {
+		id = strings.ToUpper(strings.TrimSpace(id))
+		if id == "" {
+			continue
+		}
+		if !slices.ContainsFunc(known, func(s benchScenario) bool { return s.ID == id }) {
+			return &usageError{msg: fmt.Sprintf("bench: unknown scenario %q (P1 to P5)", id)}
+		}
+		o.scenarios = append(o.scenarios, id)
+	}
+	if exe, err := os.Executable(); err == nil {
+		o.exe = exe
+	}
+	o.progress = stderr
+	rep := benchRun(ctx, o)
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		rep.writeTable(stdout)
+	}
+	if broken := rep.broken(); len(broken) > 0 {
+		return fmt.Errorf("bench: %s", strings.Join(broken, "; "))
+	}
+	return nil
+}
+
+// benchRun runs the selected scenarios one after another and returns the
+// report. A broken run is recorded in the report; when ctx ends, the
+// report holds what ran so far and says it was interrupted.
+func benchRun(ctx context.Context, o benchOptions) *benchReport {
+	if o.progress == nil {
+		o.progress = io.Discard
+	}
+	all := benchScenarios(o.quick)
+	selected := func(id string) bool { return len(o.scenarios) == 0 || slices.Contains(o.scenarios, id) }
+	var scenarios []benchScenario
+	for _, s := range all {
+		if selected(s.ID) {
+			if o.events > 0 {
+				s.Events = o.events
+			}
+			scenarios = append(scenarios, s)
+		}
+	}
+	rep := newBenchReport(o.quick, scenarios)
+	prof := &benchProfiler{cpu: o.cpuProfile, mem: o.memProfile, multi: len(scenarios) > 1}
+
+	var p1 *benchRunResult
+	for _, s := range scenarios {
+		if ctx.Err() != nil {
+			rep.Interrupted = true
+			break
+		}
+		sr := benchScenarioReport{Scenario: s}
+		child := s.Child && o.exe != ""
+		// Repeats alternate the pipelines, so that both meet the same
+		// interference, and keep each one's best run: other processes on
+		// the machine can only slow a run down.
+		for r := range max(1, s.Repeat) {
+			rprof := prof
+			if r > 0 {
+				rprof = nil // profile the first run only
+			}
+			sr.Floor = benchBest(sr.Floor, benchOne(ctx, o, s, benchFloor, child, nil))
+			sr.Keyworker = benchBest(sr.Keyworker, benchOne(ctx, o, s, benchKeyworker, child, rprof))
+		}
+		if s.ID == "P1" {
+			p1 = sr.Keyworker
+		}
+		if s.ID == "P3" && p1 == nil {
+			// P3 compares with fault-free keyworker: measure it at P3's scale.
+			base := s
+			base.FaultRate = 0
+			base.Title = "P3 without faults (P1 was not run)"
+			sr.Baseline = benchOne(ctx, o, base, benchKeyworker, false, nil)
+		}
+		sr.judge(p1)
+		rep.Scenarios = append(rep.Scenarios, sr)
+	}
+	rep.ProfilesWritten = prof.written
+	return rep
+}
+
+// benchBest keeps the better of two runs of the same pipeline: a broken
+// run first (so that it is reported), else the faster. It records every
+// run's events/s.
+func benchBest(kept, next *benchRunResult) *benchRunResult {
+	if kept == nil {
+		next.RunsEventsPerSec = []float64{next.EventsPerSec}
+		return next
+	}
+	runs := append(kept.RunsEventsPerSec, next.EventsPerSec)
+	best := kept
+	if keptOK := kept.Error == "" && !kept.TimedOut; keptOK && (next.Error != "" || next.TimedOut || next.EventsPerSec > kept.EventsPerSec) {
+		best = next
+	}
+	best.RunsEventsPerSec = runs
+	return best
+}
+
+// benchOne runs one pipeline on one scenario and never fails: errors and
+// timeouts are recorded in the result.
+func benchOne(ctx context.Context, o benchOptions, s benchScenario, pipeline string, child bool, prof *benchProfiler) *benchRunResult {
+	if ctx.Err() != nil {
+		return &benchRunResult{Pipeline: pipeline, Concurrency: s.Concurrency, Published: s.Events, Error: "interrupted"}
+	}
+	fmt.Fprintf(o.progress, "bench %s %-9s %6d events, concurrency %d ...", s.ID, pipeline, s.Events, s.Concurrency)
+	started := time.Now()
+	res := benchExecute(ctx, o, s, pipeline, child, prof)
+	status := "ok"
+	switch {
+	case res.Error != "":
+		status = "ERROR: " + res.Error
+	case res.TimedOut:
+		status = fmt.Sprintf("TIMEOUT after %s (%d of %d outcomes)", s.Timeout, res.Events, s.Events)
+	}
+	fmt.Fprintf(o.progress, " %.1f s wall, %.0f events/s: %s\n", time.Since(started).Seconds(), res.EventsPerSec, status)
+	return res
+}
+
+// benchProfiler writes the CPU and heap profiles of keyworker runs. With
+// several scenarios each gets its own file: cpu.pprof becomes cpu.P1.pprof.
+type benchProfiler struct {
+	cpu, mem string
+	multi    bool
+	written  []string
+	stopCPU  func()
+}
+
+func (p *benchProfiler) path(base, id string) string {
+	if !p.multi {
+		return base
+	}
+	ext := filepath.Ext(base)
+	return strings.TrimSuffix(base, ext) + "." + id + ext
+}
+
+// startCPU starts a CPU profile for scenario id, if asked for.
+func (p *benchProfiler) startCPU(id string) error {
+	if p == nil || p.cpu == "" {
+		return nil
+	}
+	path := p.path(p.cpu, id)
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("cpuprofile: %w", err)
+	}
+	p.stopCPU = func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		p.written = append(p.written, path)
+	}
+	return nil
+}
+
+func (p *benchProfiler) finishCPU() {
+	if p != nil && p.stopCPU != nil {
+		p.stopCPU()
+		p.stopCPU = nil
+	}
+}
+
+// writeHeap writes a heap profile (in use now, and allocations since the
+// process started) for scenario id, if asked for.
+func (p *benchProfiler) writeHeap(id string) error {
+	if p == nil || p.mem == "" {
+		return nil
+	}
+	path := p.path(p.mem, id)
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("memprofile: %w", err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		return fmt.Errorf("memprofile: %w", err)
+	}
+	p.written = append(p.written, path)
+	return nil
 }

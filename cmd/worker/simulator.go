@@ -2,11 +2,199 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
-// runSimulator is not built yet.
-func runSimulator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("simulator: not built yet")
+const simulatorUsage = `Usage: worker seam-simulator [flags]
+
+Serves a fake of the Seam endpoints keyworker calls (/acs/credentials/assign,
+/unassign and /get) until interrupted, for compose files, demos and tests.
+Every well-formed credential and user id exists. No real door is touched.
+
+With --inspect it also answers, under the same API key:
+  GET /_fake/credentials/{id}                   the credential as /get returns it
+  GET /_fake/assigned?credential=ID&user=ID     {"assigned": bool, "effects": n}
+  GET /_fake/stats                              call and effect counts
+
+Example:
+  worker seam-simulator --addr 127.0.0.1:8080 --api-key sim-key --latency 20ms
+  SEAM_ENDPOINT=http://127.0.0.1:8080 SEAM_API_KEY=sim-key worker run
+
+Flags:
+`
+
+// simulatorFlags is the seam-simulator command line.
+type simulatorFlags struct {
+	addr    string
+	apiKey  string
+	latency time.Duration
+	faults  seamtest.RandomFaults
+	inspect bool
+}
+
+func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error {
+	fs := flag.NewFlagSet("seam-simulator", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var sf simulatorFlags
+	fs.StringVar(&sf.addr, "addr", "127.0.0.1:8080", "listen address (0.0.0.0:8080 in a container)")
+	fs.StringVar(&sf.apiKey, "api-key", "", "the only bearer token accepted; empty accepts any ($SEAM_API_KEY)")
+	fs.DurationVar(&sf.latency, "latency", 0, "wait before handling each call")
+	fs.Float64Var(&sf.faults.Transient, "transient-rate", 0, "share of calls failing transiently (503 page, 429, 500, reset)")
+	fs.Float64Var(&sf.faults.Permanent, "permanent-rate", 0, "share of calls refused with 400 invalid_input")
+	fs.Float64Var(&sf.faults.AppliedThenDrop, "applied-then-drop-rate", 0, "share of calls applied and then left unanswered")
+	fs.Int64Var(&sf.faults.Seed, "seed", 1, "seed of the random faults; the same seed gives the same sequence")
+	fs.BoolVar(&sf.inspect, "inspect", false, "serve the /_fake/ inspection endpoints")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return helpOr(err, fs, simulatorUsage, stdout)
+		}
+		return &usageError{msg: "seam-simulator: " + err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{msg: fmt.Sprintf("seam-simulator: unexpected argument %q", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["api-key"] {
+		sf.apiKey = os.Getenv("SEAM_API_KEY")
+	}
+	if err := sf.validate(); err != nil {
+		return err
+	}
+	return serveSimulator(ctx, sf, stdout)
+}
+
+func (sf *simulatorFlags) validate() error {
+	if _, _, err := net.SplitHostPort(sf.addr); err != nil {
+		return &usageError{msg: fmt.Sprintf("seam-simulator: --addr %q is not host:port", sf.addr)}
+	}
+	if sf.latency < 0 {
+		return &usageError{msg: fmt.Sprintf("seam-simulator: --latency %s must not be negative", sf.latency)}
+	}
+	for name, p := range map[string]float64{
+		"--transient-rate": sf.faults.Transient, "--permanent-rate": sf.faults.Permanent,
+		"--applied-then-drop-rate": sf.faults.AppliedThenDrop,
+	} {
+		if p < 0 || p > 1 {
+			return &usageError{msg: fmt.Sprintf("seam-simulator: %s %v is not between 0 and 1", name, p)}
+		}
+	}
+	if sum := sf.faults.Transient + sf.faults.Permanent + sf.faults.AppliedThenDrop; sum > 1 {
+		return &usageError{msg: fmt.Sprintf("seam-simulator: the fault rates add up to %v, more than 1", sum)}
+	}
+	return nil
+}
+
+// serveSimulator serves the fake, and with --inspect its inspection
+// endpoints, until ctx ends. It announces the URL on stdout once listening.
+func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) error {
+	opts := []seamtest.Option{seamtest.WithAutoCreate(), seamtest.WithLatency(sf.latency), seamtest.WithRandomFaults(sf.faults)}
+	if sf.apiKey != "" {
+		opts = append(opts, seamtest.WithAPIKey(sf.apiKey))
+	}
+	fake := seamtest.New(opts...)
+	mux := http.NewServeMux()
+	mux.Handle("/", fake)
+	if sf.inspect {
+		mux.Handle("/_fake/", requireKey(sf.apiKey, inspectHandler(fake)))
+	}
+
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", sf.addr)
+	if err != nil {
+		return fmt.Errorf("seam-simulator: --addr: %w", err)
+	}
+	// Calls held by latency or a fault end when the simulator stops,
+	// instead of holding the shutdown for as long as the client waits.
+	base, cancelCalls := context.WithCancel(context.Background())
+	defer cancelCalls()
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "seam-simulator: serving a Seam SIMULATOR on http://%s (no real credential is touched)\n", ln.Addr())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("seam-simulator: %w", err)
+	case <-ctx.Done():
+	}
+	cancelCalls()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	<-served
+	fmt.Fprintln(stdout, "seam-simulator: stopped")
+	return nil
+}
+
+// requireKey refuses requests whose bearer token is not key, when key is set.
+func requireKey(key string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1 {
+			writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "unauthorized"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// inspectHandler reports the fake's state, so a test outside the
+// simulator's process (another container) can check the final state.
+func inspectHandler(f *seamtest.Fake) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_fake/credentials/{id}", func(w http.ResponseWriter, r *http.Request) {
+		obj, ok := f.Credential(r.PathValue("id"))
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no such credential"})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(obj)
+	})
+	mux.HandleFunc("GET /_fake/assigned", func(w http.ResponseWriter, r *http.Request) {
+		cred, user := r.URL.Query().Get("credential"), r.URL.Query().Get("user")
+		if cred == "" || user == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"error": "credential and user are required"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"assigned": f.IsAssigned(cred, user), "effects": f.Effects(cred, user)})
+	})
+	mux.HandleFunc("GET /_fake/stats", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, simulatorStats{
+			Calls: map[string]int{
+				"total":    f.Calls(""),
+				"assign":   f.Calls(seamtest.PathAssign),
+				"unassign": f.Calls(seamtest.PathUnassign),
+				"get":      f.Calls(seamtest.PathGet),
+			},
+			Effects:                    f.TotalEffects(),
+			MaxConcurrentPerCredential: f.MaxConcurrentPerCredential(),
+		})
+	})
+	return mux
+}
+
+// simulatorStats is the body of GET /_fake/stats.
+type simulatorStats struct {
+	Calls                      map[string]int `json:"calls"`
+	Effects                    int            `json:"effects"`
+	MaxConcurrentPerCredential int            `json:"max_concurrent_per_credential"`
 }
