@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nuid"
-
 	"github.com/keyworker/keyworker/idempotency"
 )
 
@@ -56,7 +54,7 @@ type Config struct {
 	// event's claim or its (credential, user) pair (default 250 ms).
 	BusyDelay time.Duration
 	// Lease is how long a claim and a pair lease stay valid without renewal
-	// (default 60 s). It must exceed the Seam request timeout: a lease that
+	// (default 30 s). It must exceed the Seam request timeout: a lease that
 	// expires during a call would let another replica call for the same pair.
 	Lease time.Duration
 	// SeamTimeout is the per-request timeout the Seam client uses (default 10 s); used to check Lease.
@@ -67,7 +65,8 @@ type Config struct {
 	// ShutdownGrace bounds how long in-flight events may finish after Run's
 	// context ends (default 25 s); what is left is handed back with Nak.
 	ShutdownGrace time.Duration
-	// Owner names this replica in claims and leases (default: host-pid-random).
+	// Owner names this replica in claims and leases (default: host-pid;
+	// New adds a random suffix per Worker).
 	Owner string
 	// Source is the CloudEvents source of the outcome events (default "keyworker").
 	Source string
@@ -116,7 +115,7 @@ func (c *Config) Validate() error {
 	setDefault(&c.NakDelay, 2*time.Second)
 	setDefault(&c.NakDelayMax, 2*time.Minute)
 	setDefault(&c.BusyDelay, 250*time.Millisecond)
-	setDefault(&c.Lease, 60*time.Second)
+	setDefault(&c.Lease, 30*time.Second)
 	setDefault(&c.SeamTimeout, 10*time.Second)
 	setDefault(&c.MaxClockSkew, 5*time.Minute)
 	setDefault(&c.ShutdownGrace, 25*time.Second)
@@ -143,5 +142,5 @@ func (c *Config) Validate() error {
 
 func defaultOwner() string {
 	host, _ := os.Hostname()
-	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + nuid.Next()[:8]
+	return host + "-" + strconv.Itoa(os.Getpid())
 }

@@ -21,6 +21,24 @@ import (
 // original event still fits.
 const deadLetterHeadroom = 16 << 10
 
+// maxStoredOutcome bounds the outcome document kept in the idempotency
+// record; a larger one is not kept, and a delivery after a crash decides anew.
+const maxStoredOutcome = 256 << 10
+
+// decide records the outcome on the idempotency key before it is
+// published, so a delivery after a crash publishes this same outcome
+// instead of deciding anew. It reports whether it did: there is no claim
+// for an undecodable event, and a large document is not kept.
+func (w *Worker) decide(ctx context.Context, j *job, status idempotency.Status, subject, id string, doc []byte) (bool, error) {
+	if j.claim == nil || len(doc) > maxStoredOutcome {
+		return false, nil
+	}
+	if err := w.claims.Decide(ctx, j.claim, status, subject, id, doc, j.attempts); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // deadLetter publishes a dead letter carrying everything needed to replay
 // the event, records it on the idempotency key, and says to terminate the
 // message. If the dead letter cannot be published, the message is handed
@@ -42,13 +60,20 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
+	decided, err := w.decide(ctx, j, idempotency.StatusDeadLettered, subject, id, doc)
+	if err != nil {
+		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
+	}
 	seq, err := w.publish(ctx, subject, id, doc)
+	if err != nil && decided {
+		return Outcome{Kind: Retry, Delay: w.cfg.NakDelay, Err: err} // the redelivery publishes it
+	}
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
 	if j.claim != nil {
 		if err := w.claims.Complete(ctx, j.claim, idempotency.StatusDeadLettered, subject, seq, j.attempts); err != nil {
-			w.log.Warn().Err(err).Str("event_id", eventID(j)).Msg("recording dead letter on the idempotency key")
+			w.log.Warn().Err(err).Str("event_id", eventID(j)).Msg("recording the dead letter sequence")
 		}
 	}
 	w.metrics.observeDeadLetter(kind)

@@ -143,6 +143,13 @@ func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
 			j.first = c.Record.FirstAttemptAt
 			return Outcome{}, true
 		case errors.Is(err, idempotency.ErrDone):
+			if errors.As(err, &conflict) && conflict.Record.OutcomeSeq == 0 && conflict.Record.OutcomeDoc != nil {
+				// Decided, maybe never published: publish it (again).
+				rec := conflict.Record
+				if _, err := w.publish(ctx, rec.Outcome, rec.OutcomeID, rec.OutcomeDoc); err != nil {
+					return Outcome{Kind: Retry, Delay: w.cfg.NakDelay, Err: err}, false
+				}
+			}
 			return Outcome{Kind: Duplicate}, false
 		case !errors.Is(err, idempotency.ErrAlreadyClaimed) || !errors.As(err, &conflict):
 			return Outcome{Kind: Retry, Delay: w.cfg.BusyDelay, Err: err}, false
@@ -251,13 +258,15 @@ func (w *Worker) finish(ctx context.Context, j *job, subject string, data any) O
 	if err != nil {
 		return w.deadLetter(ctx, j, schemas.ErrorKindPermanent, err)
 	}
+	// No write-ahead here, unlike deadLetter: a delivery after a crash
+	// reaches the same decision (its pair state names this event, and Seam
+	// is read before writing), and the same Nats-Msg-Id deduplicates it.
 	seq, err := w.publish(ctx, subject, id, doc)
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
 	if err := w.claims.Complete(ctx, j.claim, idempotency.StatusCompleted, subject, seq, j.attempts); err != nil {
-		// Redelivery repeats the work; the outcome is deduplicated by its Nats-Msg-Id.
-		return Outcome{Kind: Retry, Delay: w.cfg.BusyDelay, Err: err}
+		w.log.Warn().Err(err).Str("event_id", j.event.ID).Msg("recording the outcome sequence")
 	}
 	w.log.Info().Str("event_id", j.event.ID).Str("event_source", j.event.Source).Str("type", j.event.Type).
 		Str("acs_credential_id", j.event.Data.ACSCredentialID).Str("outcome", subject).Int("attempts", j.attempts).

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
@@ -81,6 +82,9 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// Workers built from one Config still own their claims under names of
+	// their own: the delivery counter behind each name starts again per Worker.
+	cfg.Owner += "-" + nuid.Next()[:6]
 	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now}
 	for _, o := range opts {
 		if err := o(w); err != nil {

@@ -123,6 +123,23 @@ func (o *Ordering) Acquire(ctx context.Context, pairKey, owner string, ev PairEv
 		lastErr error
 		st      PairState
 	)
+	if ev.Assign {
+		// A check-in usually finds its pair new: write the lease blind,
+		// saving the read; Update at revision 0 fails if the key exists.
+		now := o.now()
+		next := PairState{LeaseOwner: owner, LeaseUntil: now.Add(lease), LeaseEventKey: ev.Key}
+		data, err := json.Marshal(next)
+		if err != nil {
+			return nil, fmt.Errorf("idempotency: acquire %s: %w", pairKey, err)
+		}
+		rev, err := o.kv.Update(ctx, pairKey, data, 0)
+		if err == nil {
+			return &PairLease{PairKey: pairKey, Event: ev, Owner: owner, State: next, Revision: rev}, nil
+		}
+		if !isCASConflict(err) {
+			return nil, fmt.Errorf("idempotency: acquire %s: %w", pairKey, err)
+		}
+	}
 	for range maxCASAttempts {
 		var (
 			rev uint64

@@ -52,6 +52,11 @@ type Record struct {
 	// Outcome is the subject of the published outcome event.
 	Outcome    string `json:"outcome,omitempty"`
 	OutcomeSeq uint64 `json:"outcome_seq,omitempty"`
+	// OutcomeID and OutcomeDoc are the Nats-Msg-Id and document of the
+	// outcome, written by Decide before it is published, so a delivery
+	// after a crash publishes the same outcome again instead of deciding anew.
+	OutcomeID  string `json:"outcome_id,omitempty"`
+	OutcomeDoc []byte `json:"outcome_doc,omitempty"`
 	// Replays counts dead-letter replays, to stop replay loops.
 	Replays   int       `json:"replays,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
@@ -139,6 +144,8 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		rec.LeaseUntil = now.Add(lease)
 		rec.Outcome = ""
 		rec.OutcomeSeq = 0
+		rec.OutcomeID = ""
+		rec.OutcomeDoc = nil
 		rec.UpdatedAt = now
 		rev, err = s.update(ctx, key, rec, curRev)
 		if err == nil {
@@ -198,6 +205,28 @@ func (s *Store) Complete(ctx context.Context, c *Claim, status Status, outcomeSu
 	rec.Attempts = attempts
 	rec.UpdatedAt = s.now()
 	return s.swap(ctx, c, rec, "complete")
+}
+
+// Decide records the end of the event before its outcome is published:
+// the final status, the outcome's subject, Nats-Msg-Id and document (doc
+// may be nil when too large to keep). Complete adds the stream sequence
+// once it is published. It returns ErrLostClaim when the record changed
+// since the claim was taken.
+func (s *Store) Decide(ctx context.Context, c *Claim, status Status, outcomeSubject, outcomeID string, doc []byte, attempts int) error {
+	if status != StatusCompleted && status != StatusDeadLettered {
+		return fmt.Errorf("idempotency: decide %s: status %q is not final", c.Key, status)
+	}
+	rec := c.Record
+	rec.Status = status
+	rec.Owner = ""
+	rec.LeaseUntil = time.Time{}
+	rec.Outcome = outcomeSubject
+	rec.OutcomeSeq = 0
+	rec.OutcomeID = outcomeID
+	rec.OutcomeDoc = doc
+	rec.Attempts = attempts
+	rec.UpdatedAt = s.now()
+	return s.swap(ctx, c, rec, "decide")
 }
 
 // Get returns the record of key and its revision, or an error matching

@@ -209,7 +209,7 @@ func (c *config) consumerConfig() consumer.Config {
 		SeamTimeout:   c.SeamTimeout,
 	}
 	if c.SeamTimeout > 0 {
-		cc.Lease = max(60*time.Second, 3*c.SeamTimeout)
+		cc.Lease = max(30*time.Second, 3*c.SeamTimeout)
 	}
 	if c.Concurrency > 512 {
 		cc.MaxAckPending = 2 * c.Concurrency

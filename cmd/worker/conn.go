@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -162,6 +164,8 @@ func describeConnectError(err error, cfg *config) error {
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return fmt.Errorf("NATS refused the credentials (check NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS or NATS_NKEY): %w", err)
+	case isTLSError(err):
+		return fmt.Errorf("NATS TLS handshake failed (check NATS_TLS_CA, NATS_TLS_CERT and NATS_TLS_KEY): %w", err)
 	case errors.Is(err, nats.ErrNoServers):
 		return fmt.Errorf("NATS_URL: no server reachable at %s: %w", redactURL(cfg.NATSURL), err)
 	}
@@ -179,4 +183,18 @@ func redactURL(s string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// isTLSError reports a failed certificate check or handshake, on either side.
+func isTLSError(err error) bool {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		alert     tls.AlertError
+		recordHdr tls.RecordHeaderError
+	)
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
+		errors.As(err, &verify) || errors.As(err, &alert) || errors.As(err, &recordHdr)
 }

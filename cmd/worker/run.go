@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -84,10 +86,7 @@ func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHook
 	if err := ccfg.Validate(); err != nil {
 		return err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = consumer.Provision(pctx, conn.js, ccfg, cfg.UpdateStreams)
-	cancel()
-	if err != nil {
+	if err := provision(ctx, conn.js, ccfg, cfg.UpdateStreams, log); err != nil {
 		return err
 	}
 
@@ -235,4 +234,29 @@ func (p *readiness) check(ctx context.Context) []string {
 		reasons = append(reasons, "seam: API key refused (401/403)")
 	}
 	return reasons
+}
+
+// provision runs consumer.Provision until it succeeds, for up to a minute:
+// on a cluster that is still forming, or with another replica creating the
+// same streams at the same moment, the first attempts can fail. A conflict
+// or a bad configuration is final at once.
+func provision(ctx context.Context, js jetstream.JetStream, c consumer.Config, update bool, log zerolog.Logger) error {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(250*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(time.Minute),
+	)
+	op := func() error {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		err := consumer.Provision(actx, js, c, update)
+		if errors.Is(err, consumer.ErrConflict) || errors.Is(err, consumer.ErrInvalidConfig) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	notify := func(err error, d time.Duration) {
+		log.Warn().Err(err).Dur("retry_in", d).Msg("creating streams, consumer and buckets: retrying")
+	}
+	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify)
 }
