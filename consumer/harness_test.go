@@ -49,15 +49,7 @@ func fastConfig() consumer.Config {
 func newHarness(t *testing.T, cfg consumer.Config, opts ...seamtest.Option) *harness {
 	t.Helper()
 	_, url := embedded.StartTest(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := embedded.ConnectTest(t, url)
 	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
 		t.Fatal(err)
 	}
@@ -70,15 +62,7 @@ func newHarness(t *testing.T, cfg consumer.Config, opts ...seamtest.Option) *har
 // newWorker builds a worker with its own NATS connection, like a replica.
 func (h *harness) newWorker(opts ...consumer.Option) *consumer.Worker {
 	h.t.Helper()
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	_, js := embedded.ConnectTest(h.t, h.url)
 	client, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
 	if err != nil {
 		h.t.Fatal(err)

@@ -185,27 +185,7 @@ func startCluster(t *testing.T, image string, nw *testcontainers.DockerNetwork) 
 		t.FailNow()
 	}
 	c.waitHealthy(t, 60*time.Second)
-	c.waitPlacement(t, 60*time.Second)
 	return c
-}
-
-// waitPlacement waits until the cluster places an R3 stream, creating and
-// deleting one as admin: right after the nodes meet, the meta leader may
-// still count a peer offline ("no suitable peers for placement").
-func (c *natsCluster) waitPlacement(t *testing.T, within time.Duration) {
-	t.Helper()
-	js := c.connect(t, "admin").js
-	waitFor(t, within, func() error {
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		defer cancel()
-		_, err := js.CreateStream(ctx, jetstream.StreamConfig{
-			Name: "DEPLOY_TEST_PLACEMENT", Subjects: []string{"deploy-test.placement"}, Storage: jetstream.MemoryStorage, Replicas: 3,
-		})
-		if err != nil {
-			return err
-		}
-		return js.DeleteStream(ctx, "DEPLOY_TEST_PLACEMENT")
-	})
 }
 
 // waitHealthy waits until every running node's monitoring /healthz is 200:

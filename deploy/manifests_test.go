@@ -222,9 +222,7 @@ func TestKubernetes_DeploymentProbesRunsNonRootAndReadsOnlyKnownSettings(t *test
 			kinds[str(d["kind"])] = d
 		}
 	}
-	for _, d := range readYAML(t, filepath.Join("kubernetes", "secret.example.yaml")) {
-		secrets = append(secrets, d)
-	}
+	secrets = append(secrets, readYAML(t, filepath.Join("kubernetes", "secret.example.yaml"))...)
 	dep := kinds["Deployment"]
 	if dep == nil || kinds["PodDisruptionBudget"] == nil || kinds["Service"] == nil {
 		t.Fatalf("kustomization.yaml lacks a Deployment, PodDisruptionBudget or Service: %v", kinds)

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer/embedded"
@@ -16,15 +15,7 @@ import (
 func newJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
 	_, url := embedded.StartTest(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := embedded.ConnectTest(t, url)
 	return js
 }
 

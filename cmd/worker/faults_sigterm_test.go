@@ -134,7 +134,7 @@ func TestSIGTERM_WhileNATSIsDownExitsZeroWithinGrace(t *testing.T) {
 // worker while events are in Seam calls and nats-server has just gone: the
 // handlers can neither record, publish nor hand anything back, and the
 // process must still exit in time. (Finishing those events after a restart
-// waits out their 60 s leases, so it is left to the crash test.)
+// waits out their 30 s leases, so it is left to the crash test.)
 func TestSIGTERM_WithEventsInFlightWhileNATSIsDownExitsZeroWithinGrace(t *testing.T) {
 	const (
 		grace  = 2 * time.Second

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
@@ -35,15 +34,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	_, url := embedded.StartTest(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := embedded.ConnectTest(t, url)
 	var cfg consumer.Config
 	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
 		t.Fatal(err)
