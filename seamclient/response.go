@@ -96,7 +96,7 @@ func parseAPIError(status int, h http.Header, body []byte, requestID string, now
 		Message json.RawMessage `json:"message"`
 	}
 	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &env) != nil {
-		e.Body = redactCodes(snippet(trimmed, bodySnippetLen))
+		e.Body = snippet([]byte(redactCodes(string(trimmed))), bodySnippetLen)
 		return e
 	}
 	// Decode field by field: one field of an unexpected type must not hide the others.
