@@ -146,7 +146,7 @@ func newSeam(ctx context.Context, cfg *config, log zerolog.Logger, sim *seamtest
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
 	if key == "" {
 		if sim == nil {
-			sim = seamtest.New(seamtest.WithAutoCreate())
+			sim = seamtest.New(seamtest.WithAutoCreate(), seamtest.WithRequestLog(1000))
 		}
 		url, shutdown, err := sim.Serve(ctx, "127.0.0.1:0")
 		if err != nil {

@@ -99,7 +99,8 @@ func (sf *simulatorFlags) validate() error {
 // serveSimulator serves the fake, and with --inspect its inspection
 // endpoints, until ctx ends. It announces the URL on stdout once listening.
 func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) error {
-	opts := []seamtest.Option{seamtest.WithAutoCreate(), seamtest.WithLatency(sf.latency), seamtest.WithRandomFaults(sf.faults)}
+	// A long-running simulator keeps only its recent requests: memory stays flat.
+	opts := []seamtest.Option{seamtest.WithAutoCreate(), seamtest.WithLatency(sf.latency), seamtest.WithRandomFaults(sf.faults), seamtest.WithRequestLog(1000)}
 	if sf.apiKey != "" {
 		opts = append(opts, seamtest.WithAPIKey(sf.apiKey))
 	}

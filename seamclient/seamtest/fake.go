@@ -60,6 +60,11 @@ func WithEmptySuccess() Option { return func(f *Fake) { f.emptySuccess = true } 
 // WithLatency makes every call wait d before it is handled.
 func WithLatency(d time.Duration) Option { return func(f *Fake) { f.latency = d } }
 
+// WithRequestLog keeps at most the last n requests for Requests (0: none),
+// so a long-running simulator does not grow without bound. By default
+// every request is kept, as tests want.
+func WithRequestLog(n int) Option { return func(f *Fake) { f.maxRequests = max(n, 0) } }
+
 // WithRandomFaults injects faults at random with the given probabilities.
 func WithRandomFaults(rf RandomFaults) Option { return func(f *Fake) { f.setRandomFaults(rf) } }
 
@@ -85,6 +90,7 @@ type Fake struct {
 	inflight     map[string]int
 	maxInflight  int
 	requests     []RecordedRequest
+	maxRequests  int // -1: keep every request
 }
 
 type queuedFault struct {
@@ -116,6 +122,8 @@ func New(opts ...Option) *Fake {
 		calls:      map[string]int{},
 		effects:    map[pair]int{},
 		inflight:   map[string]int{},
+
+		maxRequests: -1,
 	}
 	f.setRandomFaults(RandomFaults{})
 	for _, opt := range opts {
@@ -385,6 +393,13 @@ func (f *Fake) record(r *http.Request, body []byte) {
 	defer f.mu.Unlock()
 	f.calls[r.URL.Path]++
 	f.totalCalls++
+	if f.maxRequests == 0 {
+		return
+	}
+	if f.maxRequests > 0 && len(f.requests) >= f.maxRequests {
+		// Drop the oldest half at once: amortised O(1) per request.
+		f.requests = append(f.requests[:0], f.requests[len(f.requests)-f.maxRequests/2:]...)
+	}
 	f.requests = append(f.requests, RecordedRequest{
 		Method: r.Method, Path: r.URL.Path, Body: body, At: time.Now(), Header: h,
 	})

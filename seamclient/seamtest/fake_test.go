@@ -551,3 +551,25 @@ func TestServe_StopsWhenItsContextEnds(t *testing.T) {
 		return send(t.Context(), &http.Client{}, "POST", url+seamclient.PathGet, "t", `{}`).err != nil
 	})
 }
+
+func TestFake_RequestLogKeepsOnlyTheRecentRequests(t *testing.T) {
+	srv := NewServer(t, WithAutoCreate(), WithRequestLog(10))
+	for i := range 25 {
+		body := fmt.Sprintf(`{"acs_credential_id":"66666666-6666-4666-8666-%012d"}`, i)
+		resp, err := srv.Client().Post(srv.URL+"/acs/credentials/get", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	reqs := srv.Requests()
+	if len(reqs) == 0 || len(reqs) > 10 {
+		t.Fatalf("%d requests kept, want 1 to 10", len(reqs))
+	}
+	if last := string(reqs[len(reqs)-1].Body); !strings.Contains(last, "000000000024") {
+		t.Fatalf("the newest request must be kept, last is %s", last)
+	}
+	if srv.Calls("") != 25 {
+		t.Fatalf("calls are counted whatever the log keeps: %d", srv.Calls(""))
+	}
+}
