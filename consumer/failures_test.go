@@ -189,3 +189,19 @@ func TestHandle_EventWaitingOutRetryAfterDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("with one slot, the event behind a 2 s Retry-After must finish first: %v", subjects(got))
 	}
 }
+
+func TestHandle_RefusalAfterAnUnansweredAppliedCallIsConfirmedNotDeadLettered(t *testing.T) {
+	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
+	h.seam.FailNext(1, assignPath, seamtest.AppliedThenDrop())
+	h.seam.FailNext(1, assignPath, seamtest.SeamError(400, "invalid_input"))
+	h.seam.FailNext(1, "/acs/credentials/get", seamtest.HTML(503)) // the first read after the drop fails too
+	h.start(1)
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "applied-400", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
+	got := h.waitOutcomes(1, 10*time.Second)
+	if got[0].Subject != schemas.SubjectAssigned {
+		t.Fatalf("the change was applied: want credential.assigned, got %s %+v", got[0].Subject, got[0].DL.Error)
+	}
+	if n := h.seam.Effects(credA, userA); n != 1 || !h.seam.IsAssigned(credA, userA) {
+		t.Fatalf("effects %d, assigned %v", n, h.seam.IsAssigned(credA, userA))
+	}
+}

@@ -23,7 +23,9 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	}
 	b := w.newBackOff()
 	applied := false
-	if j.meta != nil && j.meta.NumDelivered > 1 {
+	// uncertain: an earlier request may have applied the change unseen.
+	uncertain := j.meta != nil && j.meta.NumDelivered > 1
+	if uncertain {
 		// An earlier delivery may have died after Seam applied the change:
 		// read before writing, as after an unknown outcome.
 		if resp, err := w.confirm(ctx, j, assign, errNotYet); err == nil {
@@ -46,7 +48,14 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 			resp, err := w.seamRequest(ctx, j, endpoint, func(ctx context.Context) (*seamclient.Response, error) {
 				return call(ctx, *j.req)
 			})
-			if err != nil && seamclient.Classify(err) == seamclient.OutcomeUnknown {
+			switch class := seamclient.Classify(err); {
+			case err == nil:
+			case class == seamclient.OutcomeUnknown:
+				uncertain = true
+				resp, err = w.confirm(ctx, j, assign, err)
+			case class == seamclient.Permanent && uncertain:
+				// The refusal may be about a change an unanswered request
+				// already made: never dead-letter what is in fact applied.
 				resp, err = w.confirm(ctx, j, assign, err)
 			}
 			if err != nil {
