@@ -26,3 +26,14 @@ type leaseLostError struct{ err error }
 
 func (e *leaseLostError) Error() string { return "consumer: pair lease lost: " + e.err.Error() }
 func (e *leaseLostError) Unwrap() error { return e.err }
+
+// unconfirmedError is a failed request whose effect could not be checked:
+// the read of the credential failed too. It is retried, never dead-lettered
+// as permanent, because an earlier unanswered request may have applied the
+// change. It unwraps to the request's error.
+type unconfirmedError struct{ cause, read error }
+
+func (e *unconfirmedError) Error() string {
+	return e.cause.Error() + " (and the credential could not be read to check: " + e.read.Error() + ")"
+}
+func (e *unconfirmedError) Unwrap() error { return e.cause }

@@ -205,3 +205,19 @@ func TestHandle_RefusalAfterAnUnansweredAppliedCallIsConfirmedNotDeadLettered(t 
 		t.Fatalf("effects %d, assigned %v", n, h.seam.IsAssigned(credA, userA))
 	}
 }
+
+func TestHandle_RefusalThatCannotBeCheckedIsRetriedNotDeadLettered(t *testing.T) {
+	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
+	h.seam.FailNext(1, assignPath, seamtest.AppliedThenDrop())
+	h.seam.FailNext(1, assignPath, seamtest.SeamError(400, "invalid_input"))
+	h.seam.FailNext(2, "/acs/credentials/get", seamtest.HTML(503)) // neither read after the drop and the 400 works
+	h.start(1)
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "unchecked-400", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
+	got := h.waitOutcomes(1, 10*time.Second)
+	if got[0].Subject != schemas.SubjectAssigned {
+		t.Fatalf("the change was applied: want credential.assigned, got %s %+v", got[0].Subject, got[0].DL.Error)
+	}
+	if n := h.seam.Effects(credA, userA); n != 1 {
+		t.Fatalf("effects %d, want 1", n)
+	}
+}

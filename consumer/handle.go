@@ -283,7 +283,7 @@ func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
 		return w.handBack(ctx, j, err, 0)
 	case errors.As(err, &lost):
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
-	case seamclient.Classify(err) == seamclient.Permanent:
+	case permanent(err):
 		var api *seamclient.APIError
 		if errors.As(err, &api) && (api.StatusCode == 401 || api.StatusCode == 403) {
 			w.unauthorized.Store(true)

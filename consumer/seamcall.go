@@ -124,7 +124,8 @@ func (w *Worker) confirm(ctx context.Context, j *job, assign bool, cause error) 
 		return w.seam.Get(ctx, j.req.ACSCredentialID)
 	})
 	if err != nil {
-		return nil, cause
+		// Cannot tell whether the change was applied: never final.
+		return nil, &unconfirmedError{cause: cause, read: err}
 	}
 	cred, err := seamclient.ParseCredential(resp.Credential)
 	if err != nil || cred.AssignedTo(*j.req) != assign {
@@ -137,7 +138,7 @@ func (w *Worker) confirm(ctx context.Context, j *job, assign bool, cause error) 
 // retryable marks permanent errors for backoff and passes the server's
 // Retry-After to the schedule.
 func (w *Worker) retryable(b *budgetBackOff, err error) error {
-	if seamclient.Classify(err) == seamclient.Permanent {
+	if permanent(err) {
 		return backoff.Permanent(err)
 	}
 	b.hint(err)
@@ -185,3 +186,13 @@ func (b *budgetBackOff) NextBackOff() time.Duration {
 
 // Reset implements backoff.BackOff.
 func (b *budgetBackOff) Reset() { b.exp.Reset() }
+
+// permanent reports whether err is final: a permanent Seam error that no
+// unanswered earlier request may explain.
+func permanent(err error) bool {
+	var u *unconfirmedError
+	if errors.As(err, &u) {
+		return false
+	}
+	return seamclient.Classify(err) == seamclient.Permanent
+}
