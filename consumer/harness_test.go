@@ -143,7 +143,7 @@ func (o outcome) sourceID() string {
 func (h *harness) waitOutcomes(n int, within time.Duration) []outcome {
 	h.t.Helper()
 	var got []outcome
-	waitFor(h.t, within, func() error {
+	embedded.WaitFor(h.t, within, func() error {
 		got = h.outcomes()
 		if len(got) < n {
 			return fmt.Errorf("%d outcome events, want %d", len(got), n)
@@ -199,7 +199,7 @@ func (h *harness) outcomes() []outcome {
 // unacknowledged: every published event has been settled for good.
 func (h *harness) waitDrained(within time.Duration) {
 	h.t.Helper()
-	waitFor(h.t, within, func() error {
+	embedded.WaitFor(h.t, within, func() error {
 		c, err := h.js.Consumer(context.Background(), h.cfg.InputStream, h.cfg.Durable)
 		if err != nil {
 			return err
@@ -213,25 +213,6 @@ func (h *harness) waitDrained(within time.Duration) {
 		}
 		return nil
 	})
-}
-
-// waitFor polls check until it returns nil, failing the test with the
-// last error after within.
-func waitFor(t testing.TB, within time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	wait := 5 * time.Millisecond
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(wait) // polling an external condition, like nats.go's checkFor
-		wait = min(2*wait, 100*time.Millisecond)
-	}
 }
 
 func mustJSONEqual(t *testing.T, got, want []byte) {

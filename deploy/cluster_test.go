@@ -15,6 +15,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/embedded"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -100,7 +101,7 @@ func TestCluster_EveryEventHasOneOutcomeWhenTheStreamLeaderStopsAndAWorkerIsKill
 	}
 
 	// The restarted node caught up and is a current replica again.
-	waitFor(t, 60*time.Second, func() error {
+	embedded.WaitFor(t, 60*time.Second, func() error {
 		info, err := streamInfo(t.Context(), admin.js, consumer.DefaultInputStream)
 		if err != nil {
 			return err
@@ -175,7 +176,7 @@ func TestCluster_TwoWorkersStartingTogetherBothBecomeReady(t *testing.T) {
 func waitReadyAcrossRestarts(t *testing.T, c *testcontainers.DockerContainer, within time.Duration) int {
 	t.Helper()
 	var restarts int
-	waitFor(t, within, func() error {
+	embedded.WaitFor(t, within, func() error {
 		info, err := c.Inspect(t.Context())
 		if err != nil {
 			return err

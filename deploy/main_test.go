@@ -235,22 +235,3 @@ func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
 }
-
-// waitFor polls check until it returns nil, failing the test with the last
-// error after within.
-func waitFor(t testing.TB, within time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	wait := 10 * time.Millisecond
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(wait) // polling an external condition
-		wait = min(2*wait, 250*time.Millisecond)
-	}
-}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -119,4 +121,21 @@ func dlqParseWhen(s string, now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q: a duration means that long ago and must not be negative", s)
 	}
 	return now.Add(-d), nil
+}
+
+// dlqOpen is the common start of list, replay and purge: no positional
+// arguments, a valid filter, a connection.
+func dlqOpen(ctx context.Context, cmd, client string, ff *dlqFilterFlags, cf *configFlags, rest []string, stderr io.Writer) (*dlqSession, dlq.Filter, error) {
+	if len(rest) > 0 {
+		return nil, dlq.Filter{}, &usageError{msg: fmt.Sprintf("%s: unexpected argument %q (filters are flags, see --help)", cmd, rest[0])}
+	}
+	f, err := ff.filter(cmd, time.Now())
+	if err != nil {
+		return nil, dlq.Filter{}, err
+	}
+	s, err := dlqConnect(ctx, cf, stderr, client)
+	if err != nil {
+		return nil, dlq.Filter{}, err
+	}
+	return s, f, nil
 }

@@ -176,7 +176,7 @@ func (e *dlqTestEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
 func (e *dlqTestEnv) waitStream(stream string, n int, within time.Duration) []*jetstream.RawStreamMsg {
 	e.t.Helper()
 	var msgs []*jetstream.RawStreamMsg
-	dlqWaitFor(e.t, within, func() error {
+	embedded.WaitFor(e.t, within, func() error {
 		msgs = e.streamMsgs(stream)
 		if len(msgs) < n {
 			return fmt.Errorf("%s holds %d messages, want %d", stream, len(msgs), n)
@@ -243,23 +243,6 @@ func (e *dlqTestEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.R
 	events := e.publishCheckIns(n, prefix)
 	msgs := e.waitStream(e.cfg.DeadLetterStream, before+n, 15*time.Second)
 	return events, msgs[before:]
-}
-
-func dlqWaitFor(t testing.TB, within time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	wait := 5 * time.Millisecond
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(wait) // polling an external condition, like nats.go's checkFor
-		wait = min(2*wait, 100*time.Millisecond)
-	}
 }
 
 // results decodes the credential results of the given subject.

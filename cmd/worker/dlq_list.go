@@ -53,14 +53,7 @@ func dlqList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return helpOr(err, fs, dlqListUsage, stdout)
 	}
-	if len(rest) > 0 {
-		return &usageError{msg: fmt.Sprintf("dlq list: unexpected argument %q (filters are flags, see --help)", rest[0])}
-	}
-	f, err := ff.filter("dlq list", time.Now())
-	if err != nil {
-		return err
-	}
-	s, err := dlqConnect(ctx, cf, stderr, "keyworker-dlq")
+	s, f, err := dlqOpen(ctx, "dlq list", "keyworker-dlq", &ff, cf, rest, stderr)
 	if err != nil {
 		return err
 	}

@@ -64,17 +64,10 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return helpOr(err, fs, dlqReplayUsage, stdout)
 	}
-	if len(rest) > 0 {
-		return &usageError{msg: fmt.Sprintf("dlq replay: unexpected argument %q (filters are flags, see --help)", rest[0])}
-	}
 	if *rate < 0 {
 		return &usageError{msg: fmt.Sprintf("dlq replay: --rate %v must not be negative", *rate)}
 	}
-	f, err := ff.filter("dlq replay", time.Now())
-	if err != nil {
-		return err
-	}
-	s, err := dlqConnect(ctx, cf, stderr, "keyworker-dlq-replay")
+	s, f, err := dlqOpen(ctx, "dlq replay", "keyworker-dlq-replay", &ff, cf, rest, stderr)
 	if err != nil {
 		return err
 	}
@@ -232,14 +225,7 @@ func dlqPurge(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return helpOr(err, fs, dlqPurgeUsage, stdout)
 	}
-	if len(rest) > 0 {
-		return &usageError{msg: fmt.Sprintf("dlq purge: unexpected argument %q (filters are flags, see --help)", rest[0])}
-	}
-	f, err := ff.filter("dlq purge", time.Now())
-	if err != nil {
-		return err
-	}
-	s, err := dlqConnect(ctx, cf, stderr, "keyworker-dlq-purge")
+	s, f, err := dlqOpen(ctx, "dlq purge", "keyworker-dlq-purge", &ff, cf, rest, stderr)
 	if err != nil {
 		return err
 	}

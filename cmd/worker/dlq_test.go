@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keyworker/keyworker/consumer/dlq"
+	"github.com/keyworker/keyworker/consumer/embedded"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -55,7 +56,7 @@ func TestDLQReplay_ReplaysExactlyTheRetriesExhaustedDeadLettersOnceSeamRecovers(
 		dlSeqs = append(dlSeqs, m.Sequence)
 	}
 	var assigned []string
-	dlqWaitFor(t, 15*time.Second, func() error {
+	embedded.WaitFor(t, 15*time.Second, func() error {
 		assigned = assigned[:0]
 		for _, res := range e.results(schemas.SubjectAssigned) {
 			if !slices.Contains(dlSeqs, res.ReplayOf) {
@@ -140,7 +141,7 @@ func TestDLQReplay_SkipsAnEventThatCompletedAndRefusesAFourthReplay(t *testing.T
 
 	// evt-0: the first replay completes it; the next is skipped by idempotency.
 	e.mustCLI("dlq", "replay", "--id", "evt-0", "--yes")
-	dlqWaitFor(t, 10*time.Second, func() error {
+	embedded.WaitFor(t, 10*time.Second, func() error {
 		if len(e.results(schemas.SubjectAssigned)) != 1 {
 			return errors.New("no credential.assigned for the replay yet")
 		}

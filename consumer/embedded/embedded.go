@@ -101,3 +101,23 @@ func ConnectTest(tb testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	}
 	return nc, js
 }
+
+// WaitFor polls check until it returns nil, failing the test with the last
+// error after within. It is for conditions outside the test's reach (a
+// stream's state, another process, a probe), like nats.go's checkFor.
+func WaitFor(tb testing.TB, within time.Duration, check func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	wait := 5 * time.Millisecond
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %s: %v", within, err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
