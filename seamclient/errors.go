@@ -198,3 +198,22 @@ func RetryAfter(err error) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// Error types for the two ways Seam may treat a change of holder. Seam's
+// OpenAPI does not list its error types, so these are the names keyworker
+// and its fake agree on; the worker handles both answers and their
+// absence (a Seam that takes the card over, a no-op unassign).
+const (
+	// ErrorTypeAlreadyAssigned: an assign was refused because another
+	// user holds the credential (HTTP 409). The holder must be unassigned first.
+	ErrorTypeAlreadyAssigned = "acs_credential_already_assigned"
+	// ErrorTypeNotAssigned: an unassign was refused because the user does
+	// not hold the credential (HTTP 400). The wanted state is already true.
+	ErrorTypeNotAssigned = "acs_credential_not_assigned"
+)
+
+// IsType reports whether err has an *APIError of Seam error type typ in its chain.
+func IsType(err error, typ string) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Type == typ
+}
