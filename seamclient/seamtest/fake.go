@@ -4,7 +4,9 @@
 // net/http/httptest sits beside net/http.
 //
 // The fake keeps credentials and users, applies assign and unassign with
-// Seam's one-holder semantics, injects scripted or random faults, and counts
+// Seam's one-holder semantics (by default an assign takes a held credential
+// over and an unassign by a non-holder is a no-op; WithExclusiveAssign and
+// WithStrictUnassign make both refusals instead), injects scripted or random faults, and counts
 // calls and effective state changes per (credential, user) pair, so a test
 // can prove each effect happened exactly once. It never logs, so neither the
 // API key nor a credential code can leak through it.
@@ -57,6 +59,20 @@ func WithAutoCreate() Option { return func(f *Fake) { f.autoCreate = true } }
 // {"acs_credential": ..., "ok": true}, as the current API may.
 func WithEmptySuccess() Option { return func(f *Fake) { f.emptySuccess = true } }
 
+// WithExclusiveAssign makes an assign naming a user other than the
+// credential's current holder fail with 409 and error type
+// seamclient.ErrorTypeAlreadyAssigned, changing nothing: the holder must be
+// unassigned first. Assigning to the current holder stays a successful
+// no-op, and a credential nobody holds can be assigned as before. Without
+// it the new user takes the credential over.
+func WithExclusiveAssign() Option { return func(f *Fake) { f.exclusiveAssign = true } }
+
+// WithStrictUnassign makes an unassign naming a user who does not hold the
+// credential (someone else holds it, or nobody does) fail with 400 and error
+// type seamclient.ErrorTypeNotAssigned, changing nothing. Without it such an
+// unassign is a successful no-op.
+func WithStrictUnassign() Option { return func(f *Fake) { f.strictUnassign = true } }
+
 // WithLatency makes every call wait d before it is handled.
 func WithLatency(d time.Duration) Option { return func(f *Fake) { f.latency = d } }
 
@@ -74,23 +90,25 @@ type Fake struct {
 	apiKey     string
 	autoCreate bool
 
-	mu           sync.Mutex
-	emptySuccess bool
-	latency      time.Duration
-	random       RandomFaults
-	rng          *mrand.Rand
-	queue        []queuedFault
-	creds        map[string]*object // by lower-case acs_credential_id
-	users        map[string]bool    // lower-case acs_user_id
-	identities   map[string]bool    // lower-case user_identity_id
-	calls        map[string]int
-	totalCalls   int
-	effects      map[pair]int
-	totalEffects int
-	inflight     map[string]int
-	maxInflight  int
-	requests     []RecordedRequest
-	maxRequests  int // -1: keep every request
+	mu              sync.Mutex
+	emptySuccess    bool
+	exclusiveAssign bool
+	strictUnassign  bool
+	latency         time.Duration
+	random          RandomFaults
+	rng             *mrand.Rand
+	queue           []queuedFault
+	creds           map[string]*object // by lower-case acs_credential_id
+	users           map[string]bool    // lower-case acs_user_id
+	identities      map[string]bool    // lower-case user_identity_id
+	calls           map[string]int
+	totalCalls      int
+	effects         map[pair]int
+	totalEffects    int
+	inflight        map[string]int
+	maxInflight     int
+	requests        []RecordedRequest
+	maxRequests     int // -1: keep every request
 }
 
 type queuedFault struct {
@@ -137,6 +155,24 @@ func (f *Fake) SetEmptySuccess(empty bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.emptySuccess = empty
+}
+
+// SetExclusiveAssign switches between refusing (409
+// acs_credential_already_assigned) and taking over an assign to a credential
+// another user holds; see WithExclusiveAssign.
+func (f *Fake) SetExclusiveAssign(exclusive bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exclusiveAssign = exclusive
+}
+
+// SetStrictUnassign switches between refusing (400
+// acs_credential_not_assigned) and accepting as a no-op an unassign by a
+// user who does not hold the credential; see WithStrictUnassign.
+func (f *Fake) SetStrictUnassign(strict bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.strictUnassign = strict
 }
 
 // SetLatency sets the wait before each call is handled.
@@ -250,6 +286,20 @@ func (f *Fake) IsAssigned(credID, userID string) bool {
 		return false
 	}
 	return strings.EqualFold(o.str("acs_user_id"), userID) || strings.EqualFold(o.str("user_identity_id"), userID)
+}
+
+// Holder returns the current holder of a credential: its acs_user_id and,
+// when it was assigned by user identity, its user_identity_id. Both are
+// empty when nobody holds it; ok is false when the credential does not
+// exist (auto-create does not create it here).
+func (f *Fake) Holder(credID string) (acsUserID, userIdentityID string, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	o, ok := f.creds[strings.ToLower(credID)]
+	if !ok {
+		return "", "", false
+	}
+	return o.str("acs_user_id"), o.str("user_identity_id"), true
 }
 
 // Calls counts the calls to path ("" for all, "assign" for
@@ -481,8 +531,14 @@ func (f *Fake) handle(r *http.Request, ep endpoint, body []byte, requestID strin
 	}
 	var changed bool
 	if ep.name == "assign" {
+		if f.exclusiveAssign && isHeld(cred) && !heldBy(cred, in) {
+			return http.StatusConflict, errorBody(seamclient.ErrorTypeAlreadyAssigned, "The credential is assigned to another user.", requestID)
+		}
 		changed = assign(cred, in)
 	} else {
+		if f.strictUnassign && !heldBy(cred, in) {
+			return http.StatusBadRequest, errorBody(seamclient.ErrorTypeNotAssigned, "The credential is not assigned to this user.", requestID)
+		}
 		changed = unassign(cred, in)
 	}
 	if changed {
@@ -597,18 +653,26 @@ func assign(cred *object, in input) bool {
 	return true
 }
 
+// isHeld reports whether anybody holds the credential.
+func isHeld(cred *object) bool {
+	return cred.str("acs_user_id") != "" || cred.str("user_identity_id") != ""
+}
+
+// heldBy reports whether the user the call names holds the credential: by
+// acs_user_id, or by user_identity_id or the ACS user derived from it.
+func heldBy(cred *object, in input) bool {
+	holder := cred.str("acs_user_id")
+	if in.identityID != "" {
+		return strings.EqualFold(cred.str("user_identity_id"), in.identityID) ||
+			strings.EqualFold(holder, DerivedACSUserID(in.identityID))
+	}
+	return strings.EqualFold(holder, in.userID)
+}
+
 // unassign removes the holder if it is the named user and reports whether
 // that changed anything.
 func unassign(cred *object, in input) bool {
-	holder := cred.str("acs_user_id")
-	var held bool
-	if in.identityID != "" {
-		held = strings.EqualFold(cred.str("user_identity_id"), in.identityID) ||
-			strings.EqualFold(holder, DerivedACSUserID(in.identityID))
-	} else {
-		held = strings.EqualFold(holder, in.userID)
-	}
-	if !held {
+	if !heldBy(cred, in) {
 		return false
 	}
 	cred.del("acs_user_id")

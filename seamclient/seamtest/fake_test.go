@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -571,5 +572,184 @@ func TestFake_RequestLogKeepsOnlyTheRecentRequests(t *testing.T) {
 	}
 	if srv.Calls("") != 25 {
 		t.Fatalf("calls are counted whatever the log keeps: %d", srv.Calls(""))
+	}
+}
+
+func TestFake_ExclusiveAssignRefusesACredentialAnotherUserHolds(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithExclusiveAssign())
+	for range 2 { // assigning to the holder stays a successful no-op
+		if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userA)); a.status != 200 || a.credential(t).str("acs_user_id") != userA {
+			t.Fatalf("assign to a free credential: %d %s", a.status, a.body)
+		}
+	}
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, strings.ToUpper(userA))); a.status != 200 {
+		t.Errorf("assign to the holder in upper case: %d %s", a.status, a.body)
+	}
+	before, _ := s.Credential(cred1)
+	for _, body := range []string{assignBody(cred1, userB), identityBody(cred1, ident1)} {
+		a := post(t, s, seamclient.PathAssign, body)
+		if a.status != 409 || a.errorType() != seamclient.ErrorTypeAlreadyAssigned || !strings.Contains(string(a.body), "assigned to another user") {
+			t.Errorf("assign %s to a held credential: %d %s", body, a.status, a.body)
+		}
+	}
+	if after, _ := s.Credential(cred1); !bytes.Equal(before, after) {
+		t.Errorf("a refused assign changed the credential:\n%s\n%s", before, after)
+	}
+	if s.Effects(cred1, userA) != 1 || s.Effects(cred1, userB) != 0 || s.TotalEffects() != 1 || s.Calls("assign") != 5 {
+		t.Errorf("effects A %d, B %d, total %d, calls %d", s.Effects(cred1, userA), s.Effects(cred1, userB), s.TotalEffects(), s.Calls("assign"))
+	}
+
+	// Through the client: a 409 of that type, which Classify sees as transient.
+	c, err := seamclient.New(s.URL, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Assign(t.Context(), seamclient.Request{ACSCredentialID: cred1, ACSUserID: userB})
+	var ae *seamclient.APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 409 || !seamclient.IsType(err, seamclient.ErrorTypeAlreadyAssigned) {
+		t.Errorf("client error %v", err)
+	}
+
+	// Once the holder is unassigned the credential is free for the next guest.
+	post(t, s, seamclient.PathUnassign, assignBody(cred1, userA))
+	if a := post(t, s, seamclient.PathAssign, identityBody(cred1, ident1)); a.status != 200 || !s.IsAssigned(cred1, ident1) {
+		t.Fatalf("assign after unassign: %d %s", a.status, a.body)
+	}
+	// The identity's derived ACS user is the same holder.
+	for _, body := range []string{assignBody(cred1, DerivedACSUserID(ident1)), identityBody(cred1, strings.ToUpper(ident1))} {
+		if a := post(t, s, seamclient.PathAssign, body); a.status != 200 {
+			t.Errorf("assign %s to the identity holder: %d %s", body, a.status, a.body)
+		}
+	}
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userA)); a.status != 409 || !s.IsAssigned(cred1, ident1) {
+		t.Errorf("assign over an identity holder: %d %s", a.status, a.body)
+	}
+
+	s.SetExclusiveAssign(false)
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userB)); a.status != 200 || !s.IsAssigned(cred1, userB) || s.IsAssigned(cred1, ident1) {
+		t.Errorf("with exclusive assign off the new user takes over: %d %s", a.status, a.body)
+	}
+	s.SetExclusiveAssign(true)
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userA)); a.status != 409 {
+		t.Errorf("switched back on: %d %s", a.status, a.body)
+	}
+}
+
+func TestFake_ExclusiveAssignIsOffByDefault(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+	post(t, s, seamclient.PathAssign, assignBody(cred1, userA))
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userB)); a.status != 200 || !s.IsAssigned(cred1, userB) {
+		t.Errorf("default takeover: %d %s", a.status, a.body)
+	}
+	if a := post(t, s, seamclient.PathAssign, identityBody(cred1, ident1)); a.status != 200 || !s.IsAssigned(cred1, ident1) {
+		t.Errorf("default takeover by identity: %d %s", a.status, a.body)
+	}
+}
+
+func TestFake_StrictUnassignRefusesANonHolder(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithStrictUnassign())
+	notAssigned := func(body, why string) {
+		t.Helper()
+		before, _ := s.Credential(cred1)
+		a := post(t, s, seamclient.PathUnassign, body)
+		if a.status != 400 || a.errorType() != seamclient.ErrorTypeNotAssigned {
+			t.Errorf("%s: %d %s, want 400 %s", why, a.status, a.body, seamclient.ErrorTypeNotAssigned)
+		}
+		if after, _ := s.Credential(cred1); !bytes.Equal(before, after) {
+			t.Errorf("%s: a refused unassign changed the credential", why)
+		}
+	}
+	post(t, s, seamclient.PathGet, `{"acs_credential_id":"`+cred1+`"}`) // create it
+	notAssigned(assignBody(cred1, userA), "nobody holds it")
+	post(t, s, seamclient.PathAssign, assignBody(cred1, userA))
+	notAssigned(assignBody(cred1, userB), "another user holds it")
+	notAssigned(identityBody(cred1, ident1), "an identity that does not hold it")
+	if !s.IsAssigned(cred1, userA) || s.Effects(cred1, userB) != 0 {
+		t.Fatal("a refused unassign took the credential")
+	}
+
+	c, err := seamclient.New(s.URL, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Unassign(t.Context(), seamclient.Request{ACSCredentialID: cred1, ACSUserID: userB})
+	var ae *seamclient.APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 400 || !seamclient.IsType(err, seamclient.ErrorTypeNotAssigned) {
+		t.Errorf("client error %v", err)
+	}
+
+	if a := post(t, s, seamclient.PathUnassign, assignBody(cred1, strings.ToUpper(userA))); a.status != 200 || s.IsAssigned(cred1, userA) {
+		t.Fatalf("unassign by the holder: %d %s", a.status, a.body)
+	}
+	notAssigned(assignBody(cred1, userA), "a second unassign")
+
+	// An identity holder is matched by its identity or by its derived ACS user.
+	for _, body := range []string{identityBody(cred1, strings.ToUpper(ident1)), assignBody(cred1, DerivedACSUserID(ident1))} {
+		post(t, s, seamclient.PathAssign, identityBody(cred1, ident1))
+		if a := post(t, s, seamclient.PathUnassign, body); a.status != 200 || s.IsAssigned(cred1, ident1) {
+			t.Errorf("unassign %s from the identity holder: %d %s", body, a.status, a.body)
+		}
+	}
+	if s.Effects(cred1, userA) != 2 || s.TotalEffects() != 6 {
+		t.Errorf("effects A %d, total %d", s.Effects(cred1, userA), s.TotalEffects())
+	}
+
+	s.SetStrictUnassign(false)
+	if a := post(t, s, seamclient.PathUnassign, assignBody(cred1, userB)); a.status != 200 {
+		t.Errorf("with strict unassign off a non-holder's unassign is a no-op: %d %s", a.status, a.body)
+	}
+	s.SetStrictUnassign(true)
+	notAssigned(assignBody(cred1, userB), "switched back on")
+}
+
+func TestFake_StrictUnassignIsOffByDefault(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+	if a := post(t, s, seamclient.PathUnassign, assignBody(cred1, userA)); a.status != 200 {
+		t.Errorf("unassign of a free credential: %d %s", a.status, a.body)
+	}
+	post(t, s, seamclient.PathAssign, assignBody(cred1, userA))
+	if a := post(t, s, seamclient.PathUnassign, identityBody(cred1, ident1)); a.status != 200 || !s.IsAssigned(cred1, userA) {
+		t.Errorf("unassign by a non-holder: %d %s", a.status, a.body)
+	}
+	if s.TotalEffects() != 1 {
+		t.Errorf("%d effects, want the one assign", s.TotalEffects())
+	}
+}
+
+func TestFake_BothModesTogether(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithExclusiveAssign(), WithStrictUnassign())
+	post(t, s, seamclient.PathAssign, assignBody(cred1, userA))
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userB)); a.status != 409 {
+		t.Errorf("assign over A: %d", a.status)
+	}
+	if a := post(t, s, seamclient.PathUnassign, assignBody(cred1, userB)); a.status != 400 {
+		t.Errorf("unassign by B: %d", a.status)
+	}
+	post(t, s, seamclient.PathUnassign, assignBody(cred1, userA))
+	if a := post(t, s, seamclient.PathAssign, assignBody(cred1, userB)); a.status != 200 || !s.IsAssigned(cred1, userB) {
+		t.Errorf("assign to B after A's unassign: %d %s", a.status, a.body)
+	}
+}
+
+func TestFake_HolderNamesTheCurrentHolder(t *testing.T) {
+	s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+	if u, i, ok := s.Holder(cred1); ok || u != "" || i != "" {
+		t.Errorf("unknown credential: %q %q %v", u, i, ok)
+	}
+	post(t, s, seamclient.PathGet, `{"acs_credential_id":"`+cred1+`"}`)
+	if u, i, ok := s.Holder(strings.ToUpper(cred1)); !ok || u != "" || i != "" {
+		t.Errorf("free credential: %q %q %v", u, i, ok)
+	}
+	post(t, s, seamclient.PathAssign, assignBody(cred1, userA))
+	if u, i, ok := s.Holder(cred1); !ok || u != userA || i != "" {
+		t.Errorf("held by acs user: %q %q %v", u, i, ok)
+	}
+	post(t, s, seamclient.PathAssign, identityBody(cred1, ident1))
+	if u, i, ok := s.Holder(cred1); !ok || u != DerivedACSUserID(ident1) || i != ident1 {
+		t.Errorf("held by identity: %q %q %v", u, i, ok)
+	}
+	post(t, s, seamclient.PathUnassign, identityBody(cred1, ident1))
+	if u, i, ok := s.Holder(cred1); !ok || u != "" || i != "" {
+		t.Errorf("after unassign: %q %q %v", u, i, ok)
 	}
 }
