@@ -18,13 +18,16 @@ type Config struct {
 	DeadLetterStream string // default DEAD_LETTERS
 	Durable          string // default keyworker
 
-	IdempotencyBucket string        // default keyworker_idempotency
-	StateBucket       string        // default keyworker_credential_state
-	IdempotencyTTL    time.Duration // default 7 days
-	InputMaxAge       time.Duration // input stream retention, default 14 days
-	ResultsMaxAge     time.Duration // default 30 days
-	DuplicateWindow   time.Duration // default 2 min, on every stream
-	Replicas          int           // stream and bucket replicas, default 1 (3 on a cluster)
+	IdempotencyBucket string // default keyworker_idempotency
+	StateBucket       string // default keyworker_credential_state
+	// IdempotencyTTL is how long an event's record is kept (default: the
+	// input stream's max age). It may not be shorter: an event redelivered
+	// or re-sent while the stream still holds it must find its record.
+	IdempotencyTTL  time.Duration
+	InputMaxAge     time.Duration // input stream retention, default 14 days
+	ResultsMaxAge   time.Duration // default 30 days
+	DuplicateWindow time.Duration // default 2 min, on every stream
+	Replicas        int           // stream and bucket replicas, default 1 (3 on a cluster)
 	// MaxAckPending must stay well above Concurrency: messages waiting for a
 	// delayed redelivery count as pending and must not starve the workers (default 1024).
 	MaxAckPending int
@@ -51,16 +54,17 @@ type Config struct {
 	NakDelay    time.Duration
 	NakDelayMax time.Duration
 	// BusyDelay is the redelivery delay when another replica holds the
-	// event's claim or its (credential, user) pair (default 250 ms).
+	// event's claim or its credential (default 250 ms).
 	BusyDelay time.Duration
-	// Lease is how long a claim and a pair lease stay valid without renewal
-	// (default 30 s). It must exceed the Seam request timeout: a lease that
-	// expires during a call would let another replica call for the same pair.
+	// Lease is how long a claim and a credential lease stay valid without
+	// renewal (default 30 s). It must exceed the Seam request timeout: a
+	// lease that expires during a call would let another replica call for
+	// the same credential.
 	Lease time.Duration
 	// SeamTimeout is the per-request timeout the Seam client uses (default 10 s); used to check Lease.
 	SeamTimeout time.Duration
 	// MaxClockSkew refuses events dated further in the future (default 5 min):
-	// a future-dated check-out would otherwise block its pair for good.
+	// a future-dated check-in would otherwise hold its credential for good.
 	MaxClockSkew time.Duration
 	// ShutdownGrace bounds how long in-flight events may finish after Run's
 	// context ends (default 25 s); what is left is handed back with Nak.
@@ -100,8 +104,8 @@ func (c *Config) Validate() error {
 	setDefault(&c.Concurrency, DefaultConcurrency)
 	setDefault(&c.IdempotencyBucket, idempotency.DefaultBucket)
 	setDefault(&c.StateBucket, idempotency.DefaultStateBucket)
-	setDefault(&c.IdempotencyTTL, 7*24*time.Hour)
 	setDefault(&c.InputMaxAge, 14*24*time.Hour)
+	setDefault(&c.IdempotencyTTL, c.InputMaxAge)
 	setDefault(&c.ResultsMaxAge, 30*24*time.Hour)
 	setDefault(&c.DuplicateWindow, 2*time.Minute)
 	setDefault(&c.Replicas, 1)
@@ -128,6 +132,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: max deliver %d must be at least 1", ErrInvalidConfig, c.MaxDeliver)
 	case c.RetryBudget < 0 || c.RetryInitial < 0 || c.RetryMax < 0 || c.NakDelay < 0 || c.NakDelayMax < 0:
 		return fmt.Errorf("%w: retry durations must not be negative", ErrInvalidConfig)
+	case c.IdempotencyTTL < c.InputMaxAge:
+		return fmt.Errorf("%w: idempotency TTL %s is shorter than the input stream's max age %s: an event redelivered after its record expired would get a second outcome", ErrInvalidConfig, c.IdempotencyTTL, c.InputMaxAge)
 	case c.MaxAckPending < 2*c.Concurrency:
 		return fmt.Errorf("%w: max ack pending %d must be at least twice the concurrency %d", ErrInvalidConfig, c.MaxAckPending, c.Concurrency)
 	case c.Replicas < 1 || c.Replicas > 5:

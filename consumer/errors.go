@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"fmt"
+	"time"
 )
 
 // PanicError is the error of a dead letter written because handling the
@@ -19,12 +20,12 @@ func (e *DeliveryLimitError) Error() string {
 	return fmt.Sprintf("consumer: delivered %d times without an outcome: giving up before decoding", e.Deliveries)
 }
 
-// leaseLostError means the pair lease could not be renewed between
-// attempts: another replica may now call Seam for the pair, so this one
-// must stop.
+// leaseLostError means the credential lease or the claim could not be
+// renewed: another replica may now call Seam for the credential, so this
+// one must stop.
 type leaseLostError struct{ err error }
 
-func (e *leaseLostError) Error() string { return "consumer: pair lease lost: " + e.err.Error() }
+func (e *leaseLostError) Error() string { return "consumer: lease lost: " + e.err.Error() }
 func (e *leaseLostError) Unwrap() error { return e.err }
 
 // unconfirmedError is a failed request whose effect could not be checked:
@@ -37,3 +38,21 @@ func (e *unconfirmedError) Error() string {
 	return e.cause.Error() + " (and the credential could not be read to check: " + e.read.Error() + ")"
 }
 func (e *unconfirmedError) Unwrap() error { return e.cause }
+
+// stopError ends busyWait at once with err.
+type stopError struct{ err error }
+
+func (e *stopError) Error() string { return e.err.Error() }
+func (e *stopError) Unwrap() error { return e.err }
+
+func backoffStop(err error) error { return &stopError{err: err} }
+
+// busyError is what busyWait returns once its budget is spent while a claim
+// or a credential lease is held by another delivery until until.
+type busyError struct {
+	until time.Time
+	err   error
+}
+
+func (e *busyError) Error() string { return e.err.Error() }
+func (e *busyError) Unwrap() error { return e.err }

@@ -2,104 +2,235 @@ package consumer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 
-	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/seamclient"
 )
 
-// callSeam applies the event in Seam, retrying transient failures in
-// process within Config.RetryBudget, and fills j.credential. An unknown
-// outcome (request sent, no answer) is settled by reading the credential
-// before any retry. It returns the last error when it gives up.
+// callSeam carries out the job's plan in Seam, retrying transient failures
+// in process within Config.RetryBudget. The plan is made on the first try,
+// once the credential's holder is known. Steps already done are not
+// repeated on a retry. It returns the last error when it gives up.
 func (w *Worker) callSeam(ctx context.Context, j *job) error {
-	assign := j.event.Type == schemas.SubjectCheckedIn
-	call, endpoint := w.seam.Unassign, "unassign"
-	if assign {
-		call, endpoint = w.seam.Assign, "assign"
-	}
 	b := w.newBackOff()
-	applied := false
-	// uncertain: an earlier request may have applied the change unseen.
+	// An earlier delivery may have had a request applied unseen.
 	uncertain := j.meta != nil && j.meta.NumDelivered > 1
-	if uncertain {
-		// An earlier delivery may have died after Seam applied the change:
-		// read before writing, as after an unknown outcome.
-		if resp, err := w.confirm(ctx, j, assign, errNotYet); err == nil {
-			applied = true
-			j.credential = resp.Credential
-		}
-	}
+	var removed, applied bool
 	op := func() error {
 		if err := w.unpark(ctx, j); err != nil {
 			return backoff.Permanent(err)
 		}
+		if err := w.keepAlive(ctx, j, false); err != nil {
+			return backoff.Permanent(err)
+		}
+		if j.plan == nil {
+			if err := w.makePlan(ctx, j); err != nil {
+				return w.retryable(b, err)
+			}
+		}
+		if r := j.plan.Remove; !r.IsZero() && !removed {
+			if err := w.removeHolder(ctx, j, r); err != nil {
+				return w.retryable(b, err)
+			}
+			removed = true
+			j.read = nil // no longer what Seam holds
+		}
+		if !j.plan.Apply {
+			return nil
+		}
 		if !applied {
-			if j.attempts > 0 && j.lease != nil {
-				// Renew before every retry: a lease that lapsed may have let
-				// another replica call Seam for this pair meanwhile.
-				if err := w.pairs.Renew(ctx, j.lease, w.cfg.Lease); err != nil {
-					return backoff.Permanent(&leaseLostError{err: err})
-				}
-			}
-			resp, err := w.seamRequest(ctx, j, endpoint, func(ctx context.Context) (*seamclient.Response, error) {
-				return call(ctx, *j.req)
-			})
-			switch class := seamclient.Classify(err); {
-			case err == nil:
-			case class == seamclient.OutcomeUnknown:
-				uncertain = true
-				resp, err = w.confirm(ctx, j, assign, err)
-			case class == seamclient.Permanent && uncertain:
-				// The refusal may be about a change an unanswered request
-				// already made: never dead-letter what is in fact applied.
-				resp, err = w.confirm(ctx, j, assign, err)
-			}
-			if err != nil {
+			if err := w.applyOwn(ctx, j, &uncertain); err != nil {
 				return w.retryable(b, err)
 			}
 			applied = true
-			j.credential = resp.Credential
 		}
 		if j.credential == nil {
-			// Seam may answer {}: the result must carry the credential.
-			resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
-				return w.seam.Get(ctx, j.req.ACSCredentialID)
-			})
-			if err != nil {
-				// The change is made; a failed read is never a reason to give it up.
-				var api *seamclient.APIError
-				if errors.As(err, &api) && !api.Transient() {
-					return backoff.Permanent(err)
-				}
-				b.hint(err)
-				return err
+			if err := w.fillCredential(ctx, j); err != nil {
+				return w.retryable(b, err)
 			}
-			j.credential = resp.Credential
 		}
 		return nil
 	}
 	notify := func(err error, d time.Duration) {
 		_ = j.msg.InProgress()
 		w.park(j) // backoff sleeps next: let another event work meanwhile
-		w.metrics.observeRetry(endpoint)
+		w.metrics.observeRetry(endpointOf(j))
 		w.log.Debug().Err(err).Str("event_id", j.event.ID).Dur("next_in", d).Int("attempts", j.attempts).Msg("seam call failed: retrying")
 	}
 	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify)
 }
 
+func endpointOf(j *job) string {
+	if j.checkIn() {
+		return "assign"
+	}
+	return "unassign"
+}
+
+// makePlan plans the event by the ordering rule. When the holder is
+// unknown (a credential seen for the first time, or an earlier owner of the
+// lease may have changed it unseen) it is read from Seam first, unless the
+// plan gives the card to the event's guest on its first delivery: an assign
+// makes the holder known whoever had it. A redelivery reads, so that a
+// change an earlier delivery made is not sent again.
+func (w *Worker) makePlan(ctx context.Context, j *job) error {
+	st := j.lease.State
+	if st.HolderUnknown {
+		st.Holder = idempotency.Guest{}
+		if p := st.Plan(j.mark()); p.Apply && j.checkIn() && j.meta.NumDelivered == 1 {
+			j.plan = &p
+			return nil
+		}
+		holder, cred, err := w.holder(ctx, j)
+		if err != nil {
+			return err
+		}
+		st.Holder, st.HolderUnknown = holder, false
+		j.read = &holder
+		j.credential = cred
+		j.lease.State = st
+	}
+	p := st.Plan(j.mark())
+	j.plan = &p
+	return nil
+}
+
+// holder reads the credential and returns its holder and its object.
+func (w *Worker) holder(ctx context.Context, j *job) (idempotency.Guest, json.RawMessage, error) {
+	resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
+		return w.seam.Get(ctx, j.req.ACSCredentialID)
+	})
+	if err != nil {
+		return idempotency.Guest{}, nil, err
+	}
+	cred, err := seamclient.ParseCredential(resp.Credential)
+	if err != nil {
+		return idempotency.Guest{}, nil, &seamclient.ResponseError{StatusCode: 200, Err: err}
+	}
+	return idempotency.NewGuest(cred.ACSUserID, cred.UserIdentityID), resp.Credential, nil
+}
+
+// removeHolder unassigns a holder the rule no longer gives the card to.
+// A Seam that says the user holds nothing agrees.
+func (w *Worker) removeHolder(ctx context.Context, j *job, g idempotency.Guest) error {
+	req := seamclient.Request{ACSCredentialID: j.req.ACSCredentialID, ACSUserID: g.User}
+	if g.User == "" {
+		req.UserIdentityID = g.Identity
+	}
+	_, err := w.write(ctx, j, "unassign", func(ctx context.Context) (*seamclient.Response, error) {
+		return w.seam.Unassign(ctx, req)
+	})
+	switch {
+	case err == nil, seamclient.IsType(err, seamclient.ErrorTypeNotAssigned):
+		return nil
+	case seamclient.Classify(err) == seamclient.OutcomeUnknown:
+		holder, _, rerr := w.holder(ctx, j)
+		if rerr != nil {
+			return &unconfirmedError{cause: err, read: rerr}
+		}
+		if holder.Is(g) {
+			return err
+		}
+		return nil
+	}
+	return err
+}
+
+// applyOwn sends the event's own request: assign for a check-in, unassign
+// for a check-out. A Seam that refuses to take a held card over gets the
+// holder removed first; one that refuses to unassign a non-holder agrees
+// the guest has no key. An unknown outcome is settled by reading the
+// credential before any retry.
+func (w *Worker) applyOwn(ctx context.Context, j *job, uncertain *bool) error {
+	assign := j.checkIn()
+	if j.read != nil && j.read.Is(j.guest) == assign {
+		// Just read from Seam: already as wanted. After a crash this is
+		// what keeps the redelivery from sending the change again.
+		return nil
+	}
+	j.credential = nil
+	send := func() (*seamclient.Response, error) {
+		return w.write(ctx, j, endpointOf(j), func(ctx context.Context) (*seamclient.Response, error) {
+			if assign {
+				return w.seam.Assign(ctx, *j.req)
+			}
+			return w.seam.Unassign(ctx, *j.req)
+		})
+	}
+	resp, err := send()
+	switch class := seamclient.Classify(err); {
+	case err == nil:
+	case assign && seamclient.IsType(err, seamclient.ErrorTypeAlreadyAssigned):
+		holder, _, rerr := w.holder(ctx, j)
+		if rerr != nil {
+			return rerr
+		}
+		if !holder.IsZero() && !holder.Is(j.guest) {
+			if rerr := w.removeHolder(ctx, j, holder); rerr != nil {
+				return rerr
+			}
+		}
+		resp, err = send()
+	case !assign && seamclient.IsType(err, seamclient.ErrorTypeNotAssigned):
+		resp, err = nil, nil
+	case class == seamclient.OutcomeUnknown:
+		*uncertain = true
+		resp, err = w.confirm(ctx, j, assign, err)
+	case class == seamclient.Permanent && *uncertain:
+		// The refusal may be about a change an unanswered request already
+		// made: never dead-letter what is in fact applied.
+		resp, err = w.confirm(ctx, j, assign, err)
+	}
+	if err != nil {
+		return err
+	}
+	if resp != nil {
+		j.credential = resp.Credential
+	}
+	return nil
+}
+
+// fillCredential reads the credential for the result when Seam answered
+// {}. The change is made: a credential that can no longer be read is
+// reported by its id alone, never a reason to give the change up.
+func (w *Worker) fillCredential(ctx context.Context, j *job) error {
+	resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
+		return w.seam.Get(ctx, j.req.ACSCredentialID)
+	})
+	var api *seamclient.APIError
+	switch {
+	case err == nil:
+		j.credential = resp.Credential
+	case errors.As(err, &api) && api.StatusCode == 404:
+		w.log.Warn().Str("event_id", j.event.ID).Str("seam_request_id", api.RequestID).
+			Msg("the change was applied but the credential can no longer be read: the result carries its id only")
+		j.credential, _ = json.Marshal(map[string]string{"acs_credential_id": j.req.ACSCredentialID})
+	default:
+		return err
+	}
+	return nil
+}
+
 // errNotYet is the cause confirm returns when the change is not applied yet.
 var errNotYet = errors.New("consumer: not applied yet")
 
-// seamRequest makes one Seam request, counting it and honouring the rate limit.
+// write makes one Seam request that may change the credential.
+func (w *Worker) write(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {
+	j.wrote = true
+	return w.seamRequest(ctx, j, endpoint, do)
+}
+
+// seamRequest makes one Seam request, counting it and honouring the rate
+// limit. Waiting for the limiter keeps the job's claim, lease and ack wait
+// alive, so no other replica takes the credential meanwhile.
 func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {
-	if w.limiter != nil {
-		if err := w.limiter.Wait(ctx); err != nil {
-			return nil, err
-		}
+	if err := w.awaitLimiter(ctx, j); err != nil {
+		return nil, err
 	}
 	now := w.now()
 	if endpoint != "get" {
@@ -115,6 +246,56 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 	}
 	w.metrics.observeSeam(endpoint, resp, err, w.now().Sub(now))
 	return resp, err
+}
+
+// awaitLimiter waits for the process's Seam rate ceiling, in steps short
+// enough to renew the claim and lease and to send InProgress between them.
+func (w *Worker) awaitLimiter(ctx context.Context, j *job) error {
+	if w.limiter == nil {
+		return nil
+	}
+	r := w.limiter.Reserve()
+	if !r.OK() {
+		return errors.New("consumer: seam rate limit admits no request")
+	}
+	for left := r.Delay(); left > 0; left = r.Delay() {
+		w.park(j)
+		if !sleep(ctx, min(left, w.heartbeat())) {
+			r.Cancel()
+			return ctx.Err()
+		}
+		if err := w.keepAlive(ctx, j, true); err != nil {
+			r.Cancel()
+			return err
+		}
+	}
+	return w.unpark(ctx, j)
+}
+
+// heartbeat is how often a job that waits renews what it holds.
+func (w *Worker) heartbeat() time.Duration { return min(w.cfg.Lease, w.cfg.AckWait) / 3 }
+
+// keepAlive renews the job's claim and credential lease and sends
+// InProgress, when a heartbeat has passed since the last renewal (or now,
+// with force). A lost lease or claim is a *leaseLostError: another replica
+// may now call Seam for the credential, so this one must stop.
+func (w *Worker) keepAlive(ctx context.Context, j *job, force bool) error {
+	if !force && w.now().Sub(j.renewed) < w.heartbeat() {
+		return nil
+	}
+	_ = j.msg.InProgress()
+	if j.claim != nil {
+		if err := w.claims.Renew(ctx, j.claim, w.cfg.Lease); err != nil {
+			return &leaseLostError{err: err}
+		}
+	}
+	if j.lease != nil {
+		if err := w.creds.Renew(ctx, j.lease, w.cfg.Lease); err != nil {
+			return &leaseLostError{err: err}
+		}
+	}
+	j.renewed = w.now()
+	return nil
 }
 
 // confirm reads the credential after a request whose outcome is unknown. If
@@ -188,11 +369,15 @@ func (b *budgetBackOff) NextBackOff() time.Duration {
 func (b *budgetBackOff) Reset() { b.exp.Reset() }
 
 // permanent reports whether err is final: a permanent Seam error that no
-// unanswered earlier request may explain.
+// unanswered earlier request may explain, or a lost lease.
 func permanent(err error) bool {
 	var u *unconfirmedError
 	if errors.As(err, &u) {
 		return false
+	}
+	var lost *leaseLostError
+	if errors.As(err, &lost) {
+		return true
 	}
 	return seamclient.Classify(err) == seamclient.Permanent
 }

@@ -54,3 +54,15 @@ func (w *Worker) wait(ctx context.Context, j *job, d time.Duration) bool {
 	}
 	return w.unpark(ctx, j) == nil
 }
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

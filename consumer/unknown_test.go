@@ -32,9 +32,11 @@ const (
 func TestHandle_AppliedThenDroppedCallIsConfirmedWithGetAndNotRepeated(t *testing.T) {
 	for _, tc := range []struct {
 		subject, path, want string
+		gets                int
 	}{
-		{schemas.SubjectCheckedIn, seamtest.PathAssign, schemas.SubjectAssigned},
-		{schemas.SubjectCheckedOut, seamtest.PathUnassign, schemas.SubjectUnassigned},
+		{schemas.SubjectCheckedIn, seamtest.PathAssign, schemas.SubjectAssigned, 1},
+		// One read more: who holds a credential the worker has not seen yet.
+		{schemas.SubjectCheckedOut, seamtest.PathUnassign, schemas.SubjectUnassigned, 2},
 	} {
 		t.Run(tc.subject, func(t *testing.T) {
 			h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
@@ -58,8 +60,8 @@ func TestHandle_AppliedThenDroppedCallIsConfirmedWithGetAndNotRepeated(t *testin
 			if n := h.seam.Calls(tc.path); n != 1 {
 				t.Fatalf("%d calls to %s, want 1: the applied change must be confirmed, not repeated", n, tc.path)
 			}
-			if n := h.seam.Calls(seamtest.PathGet); n != 1 {
-				t.Fatalf("%d calls to /get, want 1", n)
+			if n := h.seam.Calls(seamtest.PathGet); n != tc.gets {
+				t.Fatalf("%d calls to /get, want %d", n, tc.gets)
 			}
 			if n := h.seam.Effects(credUnknown, userUnknown); n != 1 {
 				t.Fatalf("%d effects, want 1", n)
@@ -121,7 +123,7 @@ func (s *seamHook) Unassign(ctx context.Context, r seamclient.Request) (*seamcli
 
 func TestHandle_CheckOutWhoseOrderingWriteFailedStillStopsAnOlderCheckIn(t *testing.T) {
 	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
-	pairKey := idempotency.PairKey(credUnknown, userUnknown, "")
+	pairKey := idempotency.CredentialKey(credUnknown)
 	kv, err := h.js.KeyValue(t.Context(), h.cfg.StateBucket)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +137,7 @@ func TestHandle_CheckOutWhoseOrderingWriteFailedStillStopsAnOlderCheckIn(t *test
 			t.Error(err)
 			return
 		}
-		var st idempotency.PairState
+		var st idempotency.CredentialState
 		if err := json.Unmarshal(e.Value(), &st); err != nil {
 			t.Error(err)
 			return
@@ -180,9 +182,8 @@ func TestHandle_EventWaitingForADeadReplicasPairLeaseIsNotDeadLettered(t *testin
 	}
 	// A replica took the pair for another event and died: its lease runs out in 2 s.
 	const deadLease = 2 * time.Second
-	pairs := idempotency.NewOrdering(kv)
-	if _, err := pairs.Acquire(t.Context(), idempotency.PairKey(credUnknown, userUnknown, ""), "dead-replica",
-		idempotency.PairEvent{Key: "other-event", Time: time.Now().Add(-3 * time.Hour), Assign: true}, deadLease); err != nil {
+	creds := idempotency.NewCredentials(kv)
+	if _, err := creds.Acquire(t.Context(), credUnknown, "dead-replica", "other-event", deadLease, false); err != nil {
 		t.Fatal(err)
 	}
 	h.start(1)

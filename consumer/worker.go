@@ -33,7 +33,7 @@ type Worker struct {
 	js        jetstream.JetStream
 	seam      SeamCaller
 	claims    *idempotency.Store
-	pairs     *idempotency.Ordering
+	creds     *idempotency.Credentials
 	validator *schemas.Validator
 	log       zerolog.Logger
 	metrics   *Metrics
@@ -105,7 +105,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.StateBucket, err)
 	}
 	w.claims = idempotency.NewStore(ikv, idempotency.WithClock(w.now))
-	w.pairs = idempotency.NewOrdering(skv, idempotency.WithClock(w.now))
+	w.creds = idempotency.NewCredentials(skv, idempotency.WithClock(w.now))
 	w.maxPayload = int(js.Conn().MaxPayload())
 	return w, nil
 }

@@ -9,8 +9,7 @@ import (
 const (
 	// DefaultBucket is the KV bucket holding one idempotency record per input event.
 	DefaultBucket = "keyworker_idempotency"
-	// DefaultStateBucket is the KV bucket holding the ordering state per
-	// (credential, user) pair.
+	// DefaultStateBucket is the KV bucket holding the ordering state per credential.
 	DefaultStateBucket = "keyworker_credential_state"
 )
 
@@ -30,12 +29,14 @@ func BucketConfig(name string, ttl time.Duration, replicas int) jetstream.KeyVal
 }
 
 // StateBucketConfig is the configuration of the ordering state bucket. It
-// has no TTL: forgetting the newest applied event of a pair would let an
-// older event through as if it were new.
+// has no TTL: forgetting a credential's newest check-in would let an older
+// event through as if it were new. It needs none either: one key per
+// credential, each bounded (see CredentialState), so it grows with the
+// number of credentials, not with stays.
 func StateBucketConfig(name string, replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:      name,
-		Description: "keyworker: newest applied event and lease per (credential, user)",
+		Description: "keyworker: ordering state and lease per credential",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    normReplicas(replicas),

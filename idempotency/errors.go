@@ -20,11 +20,9 @@ var (
 	// ErrNotFound means the key has no record.
 	ErrNotFound = errors.New("idempotency: not found")
 
-	// ErrStale means a newer event was already applied to the pair.
-	ErrStale = errors.New("idempotency: stale event")
-	// ErrPairBusy means another owner holds a live lease on the pair.
-	ErrPairBusy = errors.New("idempotency: pair busy")
-	// ErrLostLease means the pair state changed since the lease was taken.
+	// ErrBusy means another owner holds a live lease on the credential.
+	ErrBusy = errors.New("idempotency: credential busy")
+	// ErrLostLease means the credential state changed since the lease was taken.
 	ErrLostLease = errors.New("idempotency: lease lost")
 )
 
@@ -55,48 +53,30 @@ func (e *ConflictError) Is(target error) bool { return target == e.err }
 // Unwrap returns the sentinel (ErrDone or ErrAlreadyClaimed).
 func (e *ConflictError) Unwrap() error { return e.err }
 
-// BusyError is returned by Ordering.Acquire while another owner holds a live
-// lease on the pair, or when other writers kept winning the race for it; it
-// matches ErrPairBusy. LeaseUntil tells the caller how long to wait before
-// the next delivery (zero after a lost race: soon).
+// BusyError is returned by Credentials.Acquire while another owner holds a
+// live lease on the credential, or when other writers kept winning the race
+// for it; it matches ErrBusy. LeaseUntil tells the caller how long to wait
+// before the next delivery (zero after a lost race: soon).
 type BusyError struct {
-	PairKey    string
+	Key        string
 	LeaseOwner string
 	LeaseUntil time.Time
-	State      PairState
 	// err is the last compare-and-swap conflict after a lost race.
 	err error
 }
 
 func (e *BusyError) Error() string {
 	if e.err != nil {
-		return fmt.Sprintf("%v: %s: lost %d races to other writers: %v", ErrPairBusy, e.PairKey, maxCASAttempts, e.err)
+		return fmt.Sprintf("%v: %s: lost %d races to other writers: %v", ErrBusy, e.Key, maxCASAttempts, e.err)
 	}
-	return fmt.Sprintf("%v: %s leased by %q until %s", ErrPairBusy, e.PairKey, e.LeaseOwner, e.LeaseUntil.Format(time.RFC3339Nano))
+	return fmt.Sprintf("%v: %s leased by %q until %s", ErrBusy, e.Key, e.LeaseOwner, e.LeaseUntil.Format(time.RFC3339Nano))
 }
 
-// Is reports whether target is ErrPairBusy.
-func (e *BusyError) Is(target error) bool { return target == ErrPairBusy }
+// Is reports whether target is ErrBusy.
+func (e *BusyError) Is(target error) bool { return target == ErrBusy }
 
 // Unwrap returns the last conflict of a lost race, if any.
 func (e *BusyError) Unwrap() error { return e.err }
-
-// StaleError is returned by Ordering.Acquire when a newer event was already
-// applied to the pair; it matches ErrStale. State holds what was applied.
-type StaleError struct {
-	PairKey string
-	Event   PairEvent
-	State   PairState
-}
-
-func (e *StaleError) Error() string {
-	return fmt.Sprintf("%v: %s: event %s at %s is not newer than %s at %s",
-		ErrStale, e.PairKey, e.Event.Type, e.Event.Time.Format(time.RFC3339Nano),
-		e.State.NewestType, e.State.NewestTime.Format(time.RFC3339Nano))
-}
-
-// Is reports whether target is ErrStale.
-func (e *StaleError) Is(target error) bool { return target == ErrStale }
 
 // isCASConflict reports whether a Create or Update lost a compare-and-swap:
 // the key exists (Create) or its revision moved (Update). Replicated streams

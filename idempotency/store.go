@@ -1,8 +1,9 @@
 // Package idempotency keeps keyworker's shared state in NATS KV: one
 // idempotency record per input event (Store), so each event reaches Seam and
 // publishes its outcome once across all replicas, and the ordering state per
-// (credential, user) pair (Ordering), so at most one Seam call per pair is in
-// flight and older events are recognised as stale.
+// credential (Credentials, CredentialState), so at most one Seam call per
+// credential is in flight and the ordering rule decides every event the
+// same whatever the order they arrive in.
 package idempotency
 
 import (
@@ -43,9 +44,12 @@ func Key(source, id string) string {
 
 // Record is the stored state of one input event.
 type Record struct {
-	Status         Status    `json:"status"`
-	Owner          string    `json:"owner,omitempty"`
-	LeaseUntil     time.Time `json:"lease_until,omitzero"`
+	Status     Status    `json:"status"`
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	// ClaimedAt is when Owner took the claim: with LeaseUntil it bounds
+	// when an owner that died could have published an outcome.
+	ClaimedAt      time.Time `json:"claimed_at,omitzero"`
 	Attempts       int       `json:"attempts"`
 	FirstAttemptAt time.Time `json:"first_attempt_at,omitzero"`
 	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
@@ -70,6 +74,9 @@ type Claim struct {
 	Key      string
 	Record   Record
 	Revision uint64
+	// Previous is the record the claim took over (zero when it created
+	// one). StatusInProgress there means its owner died or hung holding it.
+	Previous Record
 }
 
 // Store claims and completes idempotency records. It is safe for concurrent
@@ -99,7 +106,7 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 	var lastErr error
 	for range maxCASAttempts {
 		now := s.now()
-		rec := Record{Status: StatusInProgress, Owner: owner, LeaseUntil: now.Add(lease), UpdatedAt: now}
+		rec := Record{Status: StatusInProgress, Owner: owner, LeaseUntil: now.Add(lease), ClaimedAt: now, UpdatedAt: now}
 		data, err := json.Marshal(rec)
 		if err != nil {
 			return nil, fmt.Errorf("idempotency: claim %s: %w", key, err)
@@ -142,6 +149,7 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		rec.Status = StatusInProgress
 		rec.Owner = owner
 		rec.LeaseUntil = now.Add(lease)
+		rec.ClaimedAt = now
 		rec.Outcome = ""
 		rec.OutcomeSeq = 0
 		rec.OutcomeID = ""
@@ -149,7 +157,7 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		rec.UpdatedAt = now
 		rev, err = s.update(ctx, key, rec, curRev)
 		if err == nil {
-			return &Claim{Key: key, Record: rec, Revision: rev}, nil
+			return &Claim{Key: key, Record: rec, Revision: rev, Previous: cur}, nil
 		}
 		if !isCASConflict(err) {
 			return nil, fmt.Errorf("idempotency: claim %s: %w", key, err)

@@ -37,9 +37,20 @@ const (
 	EncodingOmitted = "omitted" // too large to carry; read it from the input stream by sequence
 )
 
-// SkipReasonStale is the reason of a credential.skipped event for an event
-// older than the newest one applied to the same (credential, user) pair.
-const SkipReasonStale = "stale"
+// Reasons of a credential.skipped event (the ordering rule, DESIGN section 5:
+// for each credential, the holder is the guest of its newest check-in,
+// unless that same guest has a newer check-out).
+const (
+	// SkipReasonStale: a newer check-in of the same credential supersedes the
+	// event (a check-in older than it, or a check-out of a guest who has
+	// checked in again since).
+	SkipReasonStale = "stale"
+	// SkipReasonCheckedOut: a check-in whose own guest has a newer check-out.
+	SkipReasonCheckedOut = "checked_out"
+	// SkipReasonNotHolder: a check-out of a guest who does not hold the
+	// credential: another guest's newer check-in has it, or nobody does.
+	SkipReasonNotHolder = "not_holder"
+)
 
 // Envelope is a CloudEvents 1.0 structured-mode document.
 type Envelope struct {
@@ -86,11 +97,15 @@ type CredentialResult struct {
 // Skipped is the data of credential.skipped.
 type Skipped struct {
 	GuestData
-	Reason            string    `json:"reason"`
-	NewerEventTime    time.Time `json:"newer_event_time"`
-	SourceEventID     string    `json:"source_event_id"`
-	SourceEventSource string    `json:"source_event_source"`
-	ReplayOf          uint64    `json:"replay_of,omitempty"`
+	Reason string `json:"reason"`
+	// NewerEventTime is the time of the event that superseded this one
+	// (SupersededBy*), or this event's own when none did (not_holder).
+	NewerEventTime          time.Time `json:"newer_event_time"`
+	SupersededByEventID     string    `json:"superseded_by_event_id,omitempty"`
+	SupersededByEventSource string    `json:"superseded_by_event_source,omitempty"`
+	SourceEventID           string    `json:"source_event_id"`
+	SourceEventSource       string    `json:"source_event_source"`
+	ReplayOf                uint64    `json:"replay_of,omitempty"`
 }
 
 // DeadLetterError says why an event was given up.
