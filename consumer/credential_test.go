@@ -22,8 +22,8 @@ import (
 // Tests of the ordering rule per credential: the card follows the guest.
 
 const (
-	credRoom = "77777777-7777-4777-8777-777777777701"
-	guestOne = "44444444-4444-4444-8444-444444444401"
+	credRoom = "7777abcd-7777-4777-8777-7777777777ef"
+	guestOne = "4444abcd-4444-4444-8444-4444444444ef"
 	guestTwo = "44444444-4444-4444-8444-444444444402"
 )
 
