@@ -27,16 +27,25 @@ type crashEvent struct {
 	subject   string
 	doc       []byte
 	at        time.Time
-	pair      *crashPair // nil when malformed
-	malformed string     // "", "json" or "both_ids"
-	dup       bool       // published a second time with another Nats-Msg-Id
+	guest     *crashGuest // nil when malformed
+	malformed string      // "", "json" or "both_ids"
+	dup       bool        // published a second time with another Nats-Msg-Id
 }
 
-// crashPair is one (credential, user); its events are in time order.
-type crashPair struct {
-	cred, user string
-	identity   bool
-	events     []*crashEvent
+// crashRoom is one credential passed from guest to guest; its events are in
+// time order.
+type crashRoom struct {
+	cred   string
+	guests []*crashGuest
+	events []*crashEvent
+}
+
+// crashGuest is one guest of a room.
+type crashGuest struct {
+	room     *crashRoom
+	user     string
+	identity bool
+	events   []*crashEvent
 }
 
 // crashPublish is one publish: the event and the Nats-Msg-Id it goes with.
@@ -48,70 +57,79 @@ type crashPublish struct {
 
 const crashSource = "pms://crash-test"
 
-// planCrash builds n distinct events: 1% malformed, the rest spread over
-// pairs of one check-in, check-in then check-out, or check-in, check-out,
-// check-in again. About 5% of the events are check-outs published before
-// their check-in, and 10% of the events are published twice.
-func planCrash(t *testing.T, n int, rng *rand.Rand) ([]*crashEvent, []*crashPair, []crashPublish) {
+// planCrash builds n distinct events: 1% malformed, the rest over rooms
+// (credentials) of 3 to 5 consecutive guests each, every guest checking in
+// and (but perhaps the last) out; in a quarter of the rooms stays overlap (a
+// guest checks out after the next one checked in). Rooms are interleaved at
+// random; within a room neighbouring events are swapped 10% of the time and
+// one event in 20 arrives late, and 10% of the events are published twice.
+func planCrash(t *testing.T, n int, rng *rand.Rand) ([]*crashEvent, []*crashRoom, []crashPublish) {
 	t.Helper()
 	malformed := max(1, n/100)
 	valid := n - malformed
-	base := time.Now().Add(-2 * time.Hour).Truncate(time.Millisecond)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Millisecond)
 	var (
 		events []*crashEvent
-		pairs  []*crashPair
-		twos   []*crashPair
+		rooms  []*crashRoom
 	)
 	for left := valid; left > 0; {
-		size := 1
-		switch r := rng.Float64(); {
-		case r < 0.30:
-		case r < 0.85:
-			size = 2
-		default:
-			size = 3
-		}
-		size = min(size, left)
-		left -= size
-		p := &crashPair{cred: newUUID(), user: newUUID(), identity: rng.Float64() < 0.2}
-		at := base.Add(time.Duration(len(pairs)) * time.Millisecond)
-		for i := range size {
-			subject := schemas.SubjectCheckedIn
-			if i == 1 {
-				subject = schemas.SubjectCheckedOut
+		r := &crashRoom{cred: newUUID()}
+		overlap := rng.IntN(4) == 0
+		at := base.Add(time.Duration(len(rooms)) * time.Millisecond)
+		guests := 3 + rng.IntN(3)
+		for k := 0; k < guests && left > 0; k++ {
+			g := &crashGuest{room: r, user: newUUID(), identity: rng.Float64() < 0.2}
+			r.guests = append(r.guests, g)
+			in := at
+			out := in.Add(time.Duration(20+rng.IntN(40)) * time.Minute)
+			at = out.Add(time.Minute) // the next guest's check-in
+			if overlap {
+				at = out.Add(-5 * time.Minute) // ...before this one checks out
 			}
-			d := schemas.GuestData{ACSCredentialID: p.cred, ReservationID: fmt.Sprintf("R-%d", len(pairs))}
-			if p.identity {
-				d.UserIdentityID = p.user
-			} else {
-				d.ACSUserID = p.user
+			stay := []time.Time{in}
+			if k < guests-1 || rng.Float64() < 0.7 {
+				stay = append(stay, out)
 			}
-			ev := &crashEvent{id: newUUID(), subject: subject, at: at.Add(time.Duration(i) * time.Minute), pair: p}
-			ev.doc = procGuestDoc(t, subject, crashSource, ev.id, ev.at, d)
-			p.events = append(p.events, ev)
-			events = append(events, ev)
+			for i, when := range stay[:min(len(stay), left)] {
+				subject := schemas.SubjectCheckedIn
+				if i == 1 {
+					subject = schemas.SubjectCheckedOut
+				}
+				d := schemas.GuestData{ACSCredentialID: r.cred, ReservationID: fmt.Sprintf("R-%d-%d", len(rooms), k)}
+				if g.identity {
+					d.UserIdentityID = g.user
+				} else {
+					d.ACSUserID = g.user
+				}
+				ev := &crashEvent{id: newUUID(), subject: subject, at: when, guest: g}
+				ev.doc = procGuestDoc(t, subject, crashSource, ev.id, ev.at, d)
+				g.events = append(g.events, ev)
+				r.events = append(r.events, ev)
+				events = append(events, ev)
+				left--
+			}
 		}
-		if size == 2 {
-			twos = append(twos, p)
-		}
-		pairs = append(pairs, p)
+		sort.SliceStable(r.events, func(i, j int) bool { return r.events[i].at.Before(r.events[j].at) })
+		rooms = append(rooms, r)
 	}
 
-	// Publish order: pairs interleaved at random, each in its own order,
-	// except that some two-event pairs publish the check-out first.
-	queues := make([][]*crashEvent, len(pairs))
-	for i, p := range pairs {
-		queues[i] = append([]*crashEvent(nil), p.events...)
-	}
-	rng.Shuffle(len(twos), func(i, j int) { twos[i], twos[j] = twos[j], twos[i] })
-	outFirst := map[*crashPair]bool{}
-	for _, p := range twos[:min(len(twos), n*5/100)] {
-		outFirst[p] = true
-	}
-	for i, p := range pairs {
-		if outFirst[p] {
-			queues[i][0], queues[i][1] = queues[i][1], queues[i][0]
+	// Publish order: rooms interleaved at random, each in time order but for
+	// swapped neighbours and a late event.
+	queues := make([][]*crashEvent, len(rooms))
+	for i, r := range rooms {
+		q := append([]*crashEvent(nil), r.events...)
+		for k := 0; k+1 < len(q); k++ {
+			if rng.Float64() < 0.10 {
+				q[k], q[k+1] = q[k+1], q[k]
+				k++
+			}
 		}
+		if len(q) > 1 && rng.IntN(20) == 0 {
+			k := rng.IntN(len(q) - 1)
+			late := q[k]
+			q = append(append(q[:k:k], q[k+1:]...), late)
+		}
+		queues[i] = q
 	}
 	var order []*crashEvent
 	live := make([]int, len(queues))
@@ -164,7 +182,7 @@ func planCrash(t *testing.T, n int, rng *rand.Rand) ([]*crashEvent, []*crashPair
 		pubs = append(pubs, crashPublish{ev: first.ev, msgID: "pub-" + first.ev.id + "-copy", key: key})
 	}
 	sort.SliceStable(pubs, func(i, j int) bool { return pubs[i].key < pubs[j].key })
-	return events, pairs, pubs
+	return events, rooms, pubs
 }
 
 // TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing drives the
@@ -204,7 +222,7 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 	worker.waitReady(30 * time.Second)
 	client := procConnect(t, natsSrv)
 
-	events, pairs, pubs := planCrash(t, n, rng)
+	events, rooms, pubs := planCrash(t, n, rng)
 	seqs := make([]uint64, len(pubs)) // stream sequence of each publish
 	published := make(chan error, 1)
 	go func() {
@@ -304,33 +322,30 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		got[ev] = append(got[ev], o)
 	}
 
-	// Exactly one outcome per event; dead letters only where due.
-	type pathKey struct{ cred, path string }
+	// Exactly one outcome per event; dead letters only where due. Seam
+	// calls for one event may concern another guest of the credential (a
+	// holder unassigned before the next assign, a read of the holder), so
+	// 400s are counted per credential.
 	answers := seam.Answers()
-	status400 := map[pathKey][]time.Time{}
-	dropped := map[pathKey]int{}
+	status400 := map[string][]time.Time{}
+	dropped := map[string]int{}
 	answerCounts := map[string]int{}
 	for _, a := range answers {
-		k := pathKey{procRequestCredential(a.Body), a.Path}
+		cred := procRequestCredential(a.Body)
 		switch {
 		case a.Dropped:
-			dropped[k]++
+			dropped[cred]++
 			answerCounts["dropped"]++
 		default:
 			answerCounts[fmt.Sprint(a.Status)]++
 		}
 		if a.Status == http.StatusBadRequest {
-			status400[k] = append(status400[k], a.At)
+			status400[cred] = append(status400[cred], a.At)
 		}
 	}
-	endpoint := func(ev *crashEvent) pathKey {
-		if ev.subject == schemas.SubjectCheckedIn {
-			return pathKey{strings.ToLower(ev.pair.cred), seamtest.PathAssign}
-		}
-		return pathKey{strings.ToLower(ev.pair.cred), seamtest.PathUnassign}
-	}
-	permanentDLs := map[pathKey]int{}
-	applied := map[pathKey]int{} // events that ended with their change applied
+	credOf := func(ev *crashEvent) string { return strings.ToLower(ev.guest.room.cred) }
+	permanentDLs := map[string]int{}
+	applied := map[string]int{} // events that ended with their change applied
 	for _, ev := range events {
 		outs := got[ev]
 		if len(outs) != 1 {
@@ -357,32 +372,28 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 					ev.id, ev.subject, o.DL.Error.Kind, o.DL.Error.HTTPStatus, o.DL.Error.SeamErrorType, o.DL.Error.Message)
 				continue
 			}
-			k := endpoint(ev)
-			permanentDLs[k]++
-			if permanentDLs[k] > len(status400[k]) {
-				t.Errorf("event %s dead-lettered after a 400 the fake never sent on %s", ev.id, k.path)
+			permanentDLs[credOf(ev)]++
+			if permanentDLs[credOf(ev)] > len(status400[credOf(ev)]) {
+				t.Errorf("event %s dead-lettered after a 400 the fake never sent for its credential", ev.id)
 			}
 		case o.Subject == schemas.SubjectSkipped:
 		case o.Subject != map[string]string{schemas.SubjectCheckedIn: schemas.SubjectAssigned, schemas.SubjectCheckedOut: schemas.SubjectUnassigned}[ev.subject]:
 			t.Errorf("event %s (%s): outcome %s", ev.id, ev.subject, o.Subject)
 		default:
-			applied[endpoint(ev)]++
+			applied[credOf(ev)]++
 		}
 	}
-	// Every 400 on assign or unassign dead-letters its event, unless the
-	// process handling it was killed before it could publish, or the worker
-	// was uncertain whether an earlier request had applied the change (an
-	// unanswered request, or a redelivery after a kill): then it checks the
-	// credential, or retries when it cannot, and the event ends applied.
+	// Every 400 dead-letters its event, unless the process handling it was
+	// killed before it could publish, or the worker was uncertain whether an
+	// earlier request had applied the change (an unanswered request, or a
+	// redelivery after a kill): then it checks the credential, or retries
+	// when it cannot, and the event ends applied.
 	explained, confirmed := 0, 0
-	for k, times := range status400 {
-		if k.path == seamtest.PathGet {
-			continue
-		}
-		excess := len(times) - permanentDLs[k]
+	for cred, times := range status400 {
+		excess := len(times) - permanentDLs[cred]
 		for _, at := range times {
-			uncertain := dropped[k] > 0 || slices.ContainsFunc(kills, func(kl kill) bool { return kl.at.Before(at) })
-			if excess > 0 && uncertain && applied[k] > 0 {
+			uncertain := dropped[cred] > 0 || slices.ContainsFunc(kills, func(kl kill) bool { return kl.at.Before(at) })
+			if excess > 0 && uncertain && applied[cred] > 0 {
 				excess--
 				confirmed++
 				continue
@@ -396,55 +407,59 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 			}
 		}
 		if excess > 0 {
-			t.Errorf("credential %s: %d answers 400 on %s but only %d dead letters", k.cred, len(times), k.path, permanentDLs[k])
+			t.Errorf("credential %s: %d answers 400 but only %d dead letters", cred, len(times), permanentDLs[cred])
 		}
 	}
 
-	// The fake's final state follows the newest event that was not
-	// dead-lettered; a guest who checked out never keeps the key.
-	tolerated, maxEffects := 0, 0
+	// The fake's final state follows the rule: the holder is the guest of
+	// the newest check-in, unless that guest has a newer check-out. Where an
+	// event of the credential was dead-lettered, its change may be missing
+	// (the operator replays it): then only a guest whose check-out was handled
+	// must not hold the key.
 	outcomeOf := func(ev *crashEvent) procOutcome {
 		if outs := got[ev]; len(outs) == 1 {
 			return outs[0]
 		}
 		return procOutcome{}
 	}
-	for _, p := range pairs {
-		var newest *crashEvent
-		var newerDLs []*crashEvent
-		for _, ev := range p.events {
-			if outcomeOf(ev).IsDL {
-				newerDLs = append(newerDLs, ev)
-				continue
+	exact, tolerated, maxEffects := 0, 0, 0
+	for _, r := range rooms {
+		want := crashRuleHolder(r.events)
+		var holders []*crashGuest
+		for _, g := range r.guests {
+			if seam.IsAssigned(r.cred, g.user) {
+				holders = append(holders, g)
 			}
-			newest, newerDLs = ev, nil
-		}
-		want := newest != nil && newest.subject == schemas.SubjectCheckedIn
-		assigned := seam.IsAssigned(p.cred, p.user)
-		if assigned != want {
-			// A dead-lettered event whose earlier call was applied and
-			// dropped may have changed the credential: either state is right.
-			ambiguous := false
-			for _, ev := range newerDLs {
-				if dropped[endpoint(ev)] > 0 {
-					ambiguous = true
-				}
-			}
-			if ambiguous {
-				tolerated++
-				t.Logf("pair %s: assigned %v: the newest event was dead-lettered after a dropped call that may have applied it", p.cred, assigned)
-			} else {
-				t.Errorf("pair %s (%d events, newest surviving %v): assigned %v, want %v", p.cred, len(p.events), describeCrash(newest, outcomeOf), assigned, want)
+			effects := seam.Effects(r.cred, g.user)
+			maxEffects = max(maxEffects, effects)
+			if effects > 2*len(g.events) {
+				t.Errorf("room %s: guest %s has %d effective changes in the fake from %d events", r.cred, g.user, effects, len(g.events))
 			}
 		}
-		last := p.events[len(p.events)-1]
-		if last.subject == schemas.SubjectCheckedOut && assigned && !outcomeOf(last).IsDL {
-			t.Errorf("pair %s: the guest checked out (event %s, outcome %s) but the key is still assigned", p.cred, last.id, outcomeOf(last).Subject)
+		var have *crashGuest
+		if len(holders) == 1 {
+			have = holders[0]
 		}
-		effects := seam.Effects(p.cred, p.user)
-		maxEffects = max(maxEffects, effects)
-		if effects > len(p.events) {
-			t.Errorf("pair %s: %d effective changes in the fake from %d events", p.cred, effects, len(p.events))
+		deadLettered := slices.ContainsFunc(r.events, func(ev *crashEvent) bool { return outcomeOf(ev).IsDL })
+		switch {
+		case len(holders) > 1:
+			t.Errorf("room %s: %d guests hold one credential", r.cred, len(holders))
+		case have == want:
+			exact++
+		case deadLettered && (have == nil || !crashCheckedOut(have) || outcomeOf(have.events[len(have.events)-1]).IsDL):
+			// Dead-lettered, the change waits for its replay: a guest keeps
+			// the key only when its own check-out is that dead letter.
+			tolerated++
+			t.Logf("room %s: holder %s, rule %s: an event of the room was dead-lettered", r.cred, crashGuestName(have), crashGuestName(want))
+		default:
+			t.Errorf("room %s (%d guests, %d events): holder %s, the rule says %s; events in time order: %s",
+				r.cred, len(r.guests), len(r.events), crashGuestName(have), crashGuestName(want), describeRoom(r, outcomeOf))
+		}
+	}
+	foundPublished := 0
+	for _, l := range worker.logLines() {
+		if strings.Contains(l, "owner that died before recording it") {
+			foundPublished++
 		}
 	}
 
@@ -454,7 +469,12 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 			dups++
 		}
 	}
-	t.Logf("events: %d distinct, %d publishes (%d published twice), %d malformed, %d pairs", len(events), len(pubs), dups, max(1, n/100), len(pairs))
+	guests := 0
+	for _, r := range rooms {
+		guests += len(r.guests)
+	}
+	t.Logf("events: %d distinct, %d publishes (%d published twice), %d malformed, %d rooms with %d guests", len(events), len(pubs), dups, max(1, n/100), len(rooms), guests)
+	t.Logf("final state: %d rooms exactly as the rule says, %d tolerated after a dead letter; %d deliveries found their outcome published by a killed worker", exact, tolerated, foundPublished)
 	t.Logf("outcomes: %d %v", len(outcomes), subjects)
 	t.Logf("dead letters by kind: %v", dlKinds)
 	var killDesc []string
@@ -462,14 +482,52 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		killDesc = append(killDesc, fmt.Sprintf("%s at +%s", k.what, k.at.Sub(started).Round(time.Millisecond)))
 	}
 	t.Logf("kills (SIGKILL): %d [%s]; worker runs %d; SIGTERM exit %d in %s", len(kills), strings.Join(killDesc, ", "), len(worker.logs), code, stopIn.Round(time.Millisecond))
-	t.Logf("seam: %d calls (assign %d, unassign %d, get %d), answers %v, %d effects (max %d per pair); 400s explained by kills %d, by an uncertain earlier request %d; state mismatches tolerated %d",
-		seam.Calls(""), seam.Calls("assign"), seam.Calls("unassign"), seam.Calls("get"), answerCounts, seam.TotalEffects(), maxEffects, explained, confirmed, tolerated)
+	t.Logf("seam: %d calls (assign %d, unassign %d, get %d), answers %v, %d effects (max %d per guest); 400s explained by kills %d, by an uncertain earlier request %d",
+		seam.Calls(""), seam.Calls("assign"), seam.Calls("unassign"), seam.Calls("get"), answerCounts, seam.TotalEffects(), maxEffects, explained, confirmed)
 	t.Logf("duration: %s processing (start to drained), %s in all", processed.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 }
 
-func describeCrash(ev *crashEvent, outcomeOf func(*crashEvent) procOutcome) string {
-	if ev == nil {
-		return "none"
+// crashRuleHolder is the rule's holder of a room: the guest of the newest
+// check-in, unless that guest has a check-out at least as new.
+func crashRuleHolder(events []*crashEvent) *crashGuest {
+	var newest *crashEvent
+	for _, ev := range events {
+		if ev.subject == schemas.SubjectCheckedIn && (newest == nil || ev.at.After(newest.at)) {
+			newest = ev
+		}
 	}
-	return fmt.Sprintf("%s %s -> %s", ev.subject, ev.at.Format(time.TimeOnly), outcomeOf(ev).Subject)
+	if newest == nil {
+		return nil
+	}
+	for _, ev := range newest.guest.events {
+		if ev.subject == schemas.SubjectCheckedOut && !ev.at.Before(newest.at) {
+			return nil
+		}
+	}
+	return newest.guest
+}
+
+// crashCheckedOut reports whether the guest's newest event is a check-out.
+func crashCheckedOut(g *crashGuest) bool {
+	return g.events[len(g.events)-1].subject == schemas.SubjectCheckedOut
+}
+
+func crashGuestName(g *crashGuest) string {
+	if g == nil {
+		return "nobody"
+	}
+	return g.user
+}
+
+func describeRoom(r *crashRoom, outcomeOf func(*crashEvent) procOutcome) string {
+	var parts []string
+	for _, ev := range r.events {
+		o := outcomeOf(ev)
+		what := o.Subject
+		if o.Subject == schemas.SubjectSkipped {
+			what += "/" + o.Skip.Reason
+		}
+		parts = append(parts, fmt.Sprintf("%s %s %s -> %s", ev.guest.user[:8], ev.subject, ev.at.Format(time.TimeOnly), what))
+	}
+	return strings.Join(parts, "; ")
 }
