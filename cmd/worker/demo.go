@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
@@ -43,25 +44,25 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		return helpOr(err, fs, demoUsage, stdout)
+		return cli.HelpOr(err, fs, demoUsage, stdout)
 	}
 	dir, err := os.MkdirTemp("", "keyworker-demo-*")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cfg := &config{DataDir: dir, LogLevel: "error", LogFormat: "console", Concurrency: 8, Replicas: 1,
+	cfg := &cli.Config{DataDir: dir, LogLevel: "error", LogFormat: "console", Concurrency: 8, Replicas: 1,
 		MaxDeliver: 10, MaxClockSkew: 5 * time.Minute, ShutdownGrace: 5 * time.Second, SeamTimeout: 5 * time.Second}
 	sim := seamtest.New(seamtest.WithAutoCreate())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ready := make(chan *natsConn, 1)
+	ready := make(chan *cli.Conn, 1)
 	served := make(chan error, 1)
 	go func() {
-		served <- serve(ctx, cfg, newLogger(cfg, stderr), serveHooks{sim: sim, started: func(c *natsConn) { ready <- c }})
+		served <- serve(ctx, cfg, cli.NewLogger(cfg, stderr), serveHooks{sim: sim, started: func(c *cli.Conn) { ready <- c }})
 	}()
-	var conn *natsConn
+	var conn *cli.Conn
 	select {
 	case conn = <-ready:
 	case err := <-served:
@@ -72,7 +73,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	fmt.Fprintln(stdout, "keyworker demo: embedded JetStream + Seam SIMULATOR (no real doors are touched)")
 	fmt.Fprintln(stdout)
-	outcomes, err := watchOutcomes(ctx, conn.js)
+	outcomes, err := watchOutcomes(ctx, conn.JS())
 	if err != nil {
 		return err
 	}
@@ -82,7 +83,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if st.fault != nil {
 			sim.FailNext(1, "", *st.fault)
 		}
-		ack, err := publishEvent(ctx, conn.js, st.subject, st.doc, "")
+		ack, err := cli.PublishEvent(ctx, conn.JS(), st.subject, st.doc, "")
 		if err != nil {
 			return err
 		}
@@ -121,14 +122,14 @@ const (
 )
 
 func demoSteps(now time.Time) []demoStep {
-	ev := func(subject, id string, t time.Time, g guestFlags) []byte {
+	ev := func(subject, id string, t time.Time, g cli.Guest) []byte {
 		g.ID, g.Source = id, "pms://grand-hotel"
-		doc, _ := g.event(subject, t)
+		doc, _ := g.Event(subject, t)
 		return doc
 	}
-	ana := guestFlags{Credential: demoCredA, User: demoUserA, Reservation: "R-1001", Property: "grand-hotel"}
-	ben := guestFlags{Credential: demoCredB, Identity: demoIdenB, Reservation: "R-1002", Property: "grand-hotel"}
-	chen := guestFlags{Credential: demoCredC, User: demoUserC, Reservation: "R-1003", Property: "grand-hotel"}
+	ana := cli.Guest{Credential: demoCredA, User: demoUserA, Reservation: "R-1001", Property: "grand-hotel"}
+	ben := cli.Guest{Credential: demoCredB, Identity: demoIdenB, Reservation: "R-1002", Property: "grand-hotel"}
+	chen := cli.Guest{Credential: demoCredC, User: demoUserC, Reservation: "R-1003", Property: "grand-hotel"}
 	in, out := schemas.SubjectCheckedIn, schemas.SubjectCheckedOut
 	notFound := seamtest.SeamError(404, "acs_credential_not_found")
 	bad := []byte(`{"specversion":"1.0","id":"evt-bad-1","source":"pms://grand-hotel","type":"guest.checked_in","time":"` +

@@ -10,6 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keyworker/keyworker/cmd/worker/internal/bench"
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
+	"github.com/keyworker/keyworker/cmd/worker/internal/dlqcli"
 )
 
 func main() {
@@ -20,25 +24,12 @@ func main() {
 		if !errors.Is(err, errQuiet) {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 		}
-		os.Exit(exitCode(err))
+		os.Exit(cli.ExitCode(err))
 	}
 }
 
 // errQuiet marks an error already reported to the user.
 var errQuiet = errors.New("already reported")
-
-// usageError is a bad command line: exit code 2.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func exitCode(err error) int {
-	var u *usageError
-	if errors.As(err, &u) {
-		return 2
-	}
-	return 1
-}
 
 const topUsage = `worker: keyworker, guest events to Seam credential assignments
 
@@ -69,17 +60,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "publish":
 		return runPublish(ctx, args, stdout, stderr)
 	case "dlq":
-		return runDLQ(ctx, args, stdin, stdout, stderr)
+		return dlqcli.Run(ctx, args, stdin, stdout, stderr)
 	case "status":
-		return runStatus(ctx, args, stdout, stderr)
+		return dlqcli.RunStatus(ctx, args, stdout, stderr)
 	case "seam-simulator":
 		return runSimulator(ctx, args, stdout, stderr)
 	case "bench":
-		return runBench(ctx, args, stdout, stderr)
+		return bench.Run(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, topUsage)
 		return nil
 	}
 	fmt.Fprint(stderr, topUsage)
-	return &usageError{msg: fmt.Sprintf("unknown command %q", cmd)}
+	return &cli.UsageError{Msg: fmt.Sprintf("unknown command %q", cmd)}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/embedded"
 	"github.com/keyworker/keyworker/schemas"
@@ -65,15 +66,15 @@ func TestConfig_BadValueIsOneLineNamingTheVariable(t *testing.T) {
 			t.Setenv(tc.env, tc.value)
 			t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
 			err := run(t.Context(), []string{"run"}, nil, io.Discard, io.Discard)
-			var u *usageError
+			var u *cli.UsageError
 			if !errors.As(err, &u) {
 				t.Fatalf("want a usage error, got %v", err)
 			}
 			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
 				t.Fatalf("error %q must be one line naming %s", msg, tc.want)
 			}
-			if exitCode(err) != 2 {
-				t.Fatalf("exit code %d, want 2", exitCode(err))
+			if cli.ExitCode(err) != 2 {
+				t.Fatalf("exit code %d, want 2", cli.ExitCode(err))
 			}
 		})
 	}
@@ -240,7 +241,7 @@ func TestPublish_PutsAValidEventOnTheStream(t *testing.T) {
 	}
 
 	err = run(t.Context(), []string{"publish", "checkin", "--credential", "not-a-uuid", "--user", "x"}, nil, io.Discard, io.Discard)
-	var u *usageError
+	var u *cli.UsageError
 	if !errors.As(err, &u) {
 		t.Fatalf("an invalid event must be refused before publishing, got %v", err)
 	}

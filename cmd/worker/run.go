@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -40,24 +41,13 @@ Flags:
 
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	cf := registerConfig(fs, true)
-	if err := parseFlags(fs, cf, args, os.Getenv); err != nil {
-		return helpOr(err, fs, runUsage, stdout)
+	cf := cli.RegisterConfig(fs, true)
+	if err := cli.ParseFlags(fs, cf, args, os.Getenv); err != nil {
+		return cli.HelpOr(err, fs, runUsage, stdout)
 	}
-	cfg := &cf.cfg
-	log := newLogger(cfg, stderr)
+	cfg := cf.Config()
+	log := cli.NewLogger(cfg, stderr)
 	return serve(ctx, cfg, log, serveHooks{})
-}
-
-// helpOr prints usage for --help and passes other errors on.
-func helpOr(err error, fs *flag.FlagSet, usage string, w io.Writer) error {
-	if !errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	fmt.Fprint(w, usage)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	return nil
 }
 
 // serveHooks let the demo watch and steer a worker.
@@ -65,28 +55,28 @@ type serveHooks struct {
 	// sim replaces the simulator started when SEAM_API_KEY is empty.
 	sim *seamtest.Fake
 	// started, when set, is called once the worker consumes.
-	started func(*natsConn)
+	started func(*cli.Conn)
 }
 
 // serve runs the worker until ctx ends.
-func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHooks) error {
+func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serveHooks) error {
 	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
 	if err != nil {
 		return err
 	}
 	defer stopSim()
 
-	conn, err := connectNATS(ctx, cfg, log, "keyworker", true)
+	conn, err := cli.Connect(ctx, cfg, log, "keyworker", true)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 
-	ccfg := cfg.consumerConfig()
+	ccfg := cfg.ConsumerConfig()
 	if err := ccfg.Validate(); err != nil {
 		return err
 	}
-	if err := provision(ctx, conn.js, ccfg, cfg.UpdateStreams, log); err != nil {
+	if err := provision(ctx, conn.JS(), ccfg, cfg.UpdateStreams, log); err != nil {
 		return err
 	}
 
@@ -99,7 +89,7 @@ func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHook
 		}
 		return float64(w.InFlight())
 	})
-	w, err = consumer.New(ctx, conn.js, seam, ccfg,
+	w, err = consumer.New(ctx, conn.JS(), seam, ccfg,
 		consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS))
 	if err != nil {
 		return err
@@ -123,7 +113,7 @@ func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHook
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		metrics.SampleConsumer(sampleCtx, conn.js, ccfg.InputStream, ccfg.Durable, 5*time.Second)
+		metrics.SampleConsumer(sampleCtx, conn.JS(), ccfg.InputStream, ccfg.Durable, 5*time.Second)
 	}()
 
 	log.Info().Int("concurrency", ccfg.Concurrency).Str("stream", ccfg.InputStream).Str("durable", ccfg.Durable).
@@ -142,7 +132,7 @@ func serve(ctx context.Context, cfg *config, log zerolog.Logger, hooks serveHook
 
 // newSeam builds the Seam client; with no API key it starts the simulator
 // and says so loudly.
-func newSeam(ctx context.Context, cfg *config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
+func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
 	if key == "" {
 		if sim == nil {
@@ -209,7 +199,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // readiness answers /readyz: NATS connected, the input stream reachable,
 // Seam not refusing the API key, and not shutting down.
 type readiness struct {
-	conn     *natsConn
+	conn     *cli.Conn
 	worker   *consumer.Worker
 	stream   string
 	stopping atomic.Bool
@@ -220,11 +210,11 @@ func (p *readiness) check(ctx context.Context) []string {
 	if p.stopping.Load() {
 		reasons = append(reasons, "shutting down")
 	}
-	if !p.conn.nc.IsConnected() {
-		reasons = append(reasons, "nats: "+p.conn.nc.Status().String())
+	if !p.conn.NC().IsConnected() {
+		reasons = append(reasons, "nats: "+p.conn.NC().Status().String())
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := p.conn.js.Stream(sctx, p.stream)
+		_, err := p.conn.JS().Stream(sctx, p.stream)
 		cancel()
 		if err != nil {
 			reasons = append(reasons, "stream "+p.stream+": "+err.Error())

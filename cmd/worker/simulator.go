@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
@@ -57,12 +58,12 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 	fs.BoolVar(&sf.inspect, "inspect", false, "serve the /_fake/ inspection endpoints")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return helpOr(err, fs, simulatorUsage, stdout)
+			return cli.HelpOr(err, fs, simulatorUsage, stdout)
 		}
-		return &usageError{msg: "seam-simulator: " + err.Error()}
+		return &cli.UsageError{Msg: "seam-simulator: " + err.Error()}
 	}
 	if fs.NArg() > 0 {
-		return &usageError{msg: fmt.Sprintf("seam-simulator: unexpected argument %q", fs.Arg(0))}
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: unexpected argument %q", fs.Arg(0))}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -77,21 +78,21 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 
 func (sf *simulatorFlags) validate() error {
 	if _, _, err := net.SplitHostPort(sf.addr); err != nil {
-		return &usageError{msg: fmt.Sprintf("seam-simulator: --addr %q is not host:port", sf.addr)}
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --addr %q is not host:port", sf.addr)}
 	}
 	if sf.latency < 0 {
-		return &usageError{msg: fmt.Sprintf("seam-simulator: --latency %s must not be negative", sf.latency)}
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --latency %s must not be negative", sf.latency)}
 	}
 	for name, p := range map[string]float64{
 		"--transient-rate": sf.faults.Transient, "--permanent-rate": sf.faults.Permanent,
 		"--applied-then-drop-rate": sf.faults.AppliedThenDrop,
 	} {
 		if p < 0 || p > 1 {
-			return &usageError{msg: fmt.Sprintf("seam-simulator: %s %v is not between 0 and 1", name, p)}
+			return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: %s %v is not between 0 and 1", name, p)}
 		}
 	}
 	if sum := sf.faults.Transient + sf.faults.Permanent + sf.faults.AppliedThenDrop; sum > 1 {
-		return &usageError{msg: fmt.Sprintf("seam-simulator: the fault rates add up to %v, more than 1", sum)}
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: the fault rates add up to %v, more than 1", sum)}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/seamclient"
 )
 
@@ -223,8 +224,8 @@ func TestSeamSimulator_BadFlagIsAUsageErrorNamingIt(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			err := run(t.Context(), append([]string{"seam-simulator"}, tc.args...), nil, io.Discard, io.Discard)
-			var u *usageError
-			if !errors.As(err, &u) || exitCode(err) != 2 {
+			var u *cli.UsageError
+			if !errors.As(err, &u) || cli.ExitCode(err) != 2 {
 				t.Fatalf("err = %v, want a usage error (exit 2)", err)
 			}
 			if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {

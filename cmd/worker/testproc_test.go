@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -108,6 +109,9 @@ func procFreePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// newUUID returns a random event, credential or user id.
+var newUUID = cli.NewUUID
 
 // poll calls check until it returns nil, failing the test with the last
 // error after within. It polls an external process, so sleeping between

@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"context"
@@ -10,19 +10,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 	"github.com/keyworker/keyworker/schemas"
 )
 
 // dlqRegisterConfig registers the NATS connection settings of an operator
 // command (dlq, status).
-func dlqRegisterConfig(fs *flag.FlagSet) *configFlags {
-	return registerConfig(fs, false)
+func dlqRegisterConfig(fs *flag.FlagSet) *cli.ConfigFlags {
+	return cli.RegisterConfig(fs, false)
 }
 
 // dlqParse parses args, which may mix flags and positional arguments
 // (`dlq show 12 --reveal`), and returns the positional ones.
-func dlqParse(fs *flag.FlagSet, cf *configFlags, args []string) ([]string, error) {
+func dlqParse(fs *flag.FlagSet, cf *cli.ConfigFlags, args []string) ([]string, error) {
 	var flags, positional []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -44,7 +45,7 @@ func dlqParse(fs *flag.FlagSet, cf *configFlags, args []string) ([]string, error
 			flags = append(flags, args[i])
 		}
 	}
-	if err := parseFlags(fs, cf, flags, os.Getenv); err != nil {
+	if err := cli.ParseFlags(fs, cf, flags, os.Getenv); err != nil {
 		return nil, err
 	}
 	return positional, nil
@@ -84,13 +85,13 @@ func (f *dlqFilterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 	}
 	var err error
 	if out.Since, err = dlqParseWhen(f.since, now); err != nil {
-		return out, &usageError{msg: cmd + ": --since: " + err.Error()}
+		return out, &cli.UsageError{Msg: cmd + ": --since: " + err.Error()}
 	}
 	if out.Until, err = dlqParseWhen(f.until, now); err != nil {
-		return out, &usageError{msg: cmd + ": --until: " + err.Error()}
+		return out, &cli.UsageError{Msg: cmd + ": --until: " + err.Error()}
 	}
 	if err := out.Validate(); err != nil {
-		return out, &usageError{msg: cmd + ": " + strings.TrimPrefix(err.Error(), "dlq: ")}
+		return out, &cli.UsageError{Msg: cmd + ": " + strings.TrimPrefix(err.Error(), "dlq: ")}
 	}
 	return out, nil
 }
@@ -125,9 +126,9 @@ func dlqParseWhen(s string, now time.Time) (time.Time, error) {
 
 // dlqOpen is the common start of list, replay and purge: no positional
 // arguments, a valid filter, a connection.
-func dlqOpen(ctx context.Context, cmd, client string, ff *dlqFilterFlags, cf *configFlags, rest []string, stderr io.Writer) (*dlqSession, dlq.Filter, error) {
+func dlqOpen(ctx context.Context, cmd, client string, ff *dlqFilterFlags, cf *cli.ConfigFlags, rest []string, stderr io.Writer) (*dlqSession, dlq.Filter, error) {
 	if len(rest) > 0 {
-		return nil, dlq.Filter{}, &usageError{msg: fmt.Sprintf("%s: unexpected argument %q (filters are flags, see --help)", cmd, rest[0])}
+		return nil, dlq.Filter{}, &cli.UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q (filters are flags, see --help)", cmd, rest[0])}
 	}
 	f, err := ff.filter(cmd, time.Now())
 	if err != nil {

@@ -1,4 +1,6 @@
-package main
+// Package dlqcli is the operator commands on keyworker's streams:
+// `worker dlq list|show|replay|purge` and `worker status`.
+package dlqcli
 
 import (
 	"context"
@@ -7,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
@@ -29,11 +32,11 @@ Example:
   worker dlq replay --error-kind retries_exhausted --since 2h --rate 5 --yes
 `
 
-// runDLQ dispatches `worker dlq` subcommands.
-func runDLQ(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+// Run dispatches `worker dlq` subcommands.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, dlqUsage)
-		return &usageError{msg: "dlq: say list, show, replay or purge (worker dlq --help)"}
+		return &cli.UsageError{Msg: "dlq: say list, show, replay or purge (worker dlq --help)"}
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
@@ -49,24 +52,24 @@ func runDLQ(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		fmt.Fprint(stdout, dlqUsage)
 		return nil
 	}
-	return &usageError{msg: fmt.Sprintf("dlq: unknown subcommand %q: say list, show, replay or purge", cmd)}
+	return &cli.UsageError{Msg: fmt.Sprintf("dlq: unknown subcommand %q: say list, show, replay or purge", cmd)}
 }
 
 // dlqSession is an open connection and a dlq.Queue on the default layout.
 type dlqSession struct {
-	conn *natsConn
+	conn *cli.Conn
 	q    *dlq.Queue
 	log  zerolog.Logger
 }
 
 // dlqConnect connects as cf says and opens the dead-letter queue.
-func dlqConnect(ctx context.Context, cf *configFlags, stderr io.Writer, name string) (*dlqSession, error) {
-	log := newLogger(&cf.cfg, stderr)
-	conn, err := connectNATS(ctx, &cf.cfg, log, name, false)
+func dlqConnect(ctx context.Context, cf *cli.ConfigFlags, stderr io.Writer, name string) (*dlqSession, error) {
+	log := cli.NewLogger(cf.Config(), stderr)
+	conn, err := cli.Connect(ctx, cf.Config(), log, name, false)
 	if err != nil {
 		return nil, err
 	}
-	q, err := dlq.New(conn.js, consumer.Config{Replicas: cf.cfg.Replicas})
+	q, err := dlq.New(conn.JS(), consumer.Config{Replicas: cf.Config().Replicas})
 	if err != nil {
 		conn.Close()
 		return nil, err

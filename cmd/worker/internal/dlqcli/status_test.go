@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"encoding/json"

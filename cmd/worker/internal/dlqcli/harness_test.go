@@ -1,10 +1,11 @@
-package main
+package dlqcli
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/embedded"
 	"github.com/keyworker/keyworker/schemas"
@@ -25,7 +27,7 @@ import (
 
 // dlqTestEnv is an embedded JetStream server with the keyworker layout, a
 // Seam fake that can be switched to answer 503, and a real worker running
-// in process. The CLI is driven through run() with NATS_URL pointing at
+// in process. The CLI is driven through runCLI with NATS_URL pointing at
 // the server.
 type dlqTestEnv struct {
 	t       *testing.T
@@ -138,13 +140,13 @@ func (e *dlqTestEnv) publishCheckIns(n int, prefix string) []checkIn {
 	e.t.Helper()
 	out := make([]checkIn, 0, n)
 	for i := range n {
-		c := checkIn{id: fmt.Sprintf("%s-%d", prefix, i), cred: newUUID(), user: newUUID()}
-		g := guestFlags{Credential: c.cred, User: c.user, Reservation: "R-" + c.id, ID: c.id, Source: "pms://test"}
-		doc, err := g.event(schemas.SubjectCheckedIn, time.Now().UTC().Add(-time.Minute))
+		c := checkIn{id: fmt.Sprintf("%s-%d", prefix, i), cred: cli.NewUUID(), user: cli.NewUUID()}
+		g := cli.Guest{Credential: c.cred, User: c.user, Reservation: "R-" + c.id, ID: c.id, Source: "pms://test"}
+		doc, err := g.Event(schemas.SubjectCheckedIn, time.Now().UTC().Add(-time.Minute))
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if _, err := publishEvent(context.Background(), e.js, schemas.SubjectCheckedIn, doc, ""); err != nil {
+		if _, err := cli.PublishEvent(context.Background(), e.js, schemas.SubjectCheckedIn, doc, ""); err != nil {
 			e.t.Fatal(err)
 		}
 		out = append(out, c)
@@ -196,6 +198,18 @@ func (e *dlqTestEnv) lastSeq(stream string) uint64 {
 	return s.CachedInfo().State.LastSeq
 }
 
+// runCLI runs `worker dlq ...` or `worker status ...` in process, as the
+// worker's command dispatch does; args start with the command name.
+func runCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	switch args[0] {
+	case "dlq":
+		return Run(ctx, args[1:], stdin, stdout, stderr)
+	case "status":
+		return RunStatus(ctx, args[1:], stdout, stderr)
+	}
+	return fmt.Errorf("runCLI: %q is not a command of this package", args[0])
+}
+
 // cliResult is what one CLI run printed and returned.
 type cliResult struct {
 	stdout, stderr string
@@ -208,7 +222,7 @@ func (e *dlqTestEnv) cli(args ...string) cliResult {
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := run(ctx, args, strings.NewReader(""), &out, &errb)
+	err := runCLI(ctx, args, strings.NewReader(""), &out, &errb)
 	return cliResult{stdout: out.String(), stderr: errb.String(), err: err}
 }
 

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 )
 
 // TestBench_TinyRunReportsEveryScenarioWithFigures runs the whole bench at
@@ -81,8 +83,8 @@ func TestBench_TinyRunReportsEveryScenarioWithFigures(t *testing.T) {
 
 func TestBench_UnknownScenarioIsAUsageError(t *testing.T) {
 	var out, errOut bytes.Buffer
-	err := runBench(context.Background(), []string{"--scenario", "P1,P9"}, &out, &errOut)
-	var u *usageError
+	err := Run(context.Background(), []string{"--scenario", "P1,P9"}, &out, &errOut)
+	var u *cli.UsageError
 	if !errors.As(err, &u) || !strings.Contains(err.Error(), "P9") {
 		t.Fatalf("got %v, want a usage error naming P9", err)
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -23,17 +23,23 @@ import (
 // server of a running worker, so operator commands reach the same store.
 const urlFile = "nats.url"
 
-// natsConn is an open connection and, with no NATS_URL, the embedded
+// Conn is an open connection and, with no NATS_URL, the embedded
 // server behind it.
-type natsConn struct {
+type Conn struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	server *server.Server
 	urlAt  string
 }
 
+// NC is the connection.
+func (c *Conn) NC() *nats.Conn { return c.nc }
+
+// JS is JetStream on the connection.
+func (c *Conn) JS() jetstream.JetStream { return c.js }
+
 // Close drains the connection and stops the embedded server, if any.
-func (c *natsConn) Close() {
+func (c *Conn) Close() {
 	if c.nc != nil {
 		_ = c.nc.Drain()
 		for c.nc.IsDraining() {
@@ -50,11 +56,11 @@ func (c *natsConn) Close() {
 	}
 }
 
-// connectNATS connects as configured. With no NATS_URL it first tries the
+// Connect connects as configured. With no NATS_URL it first tries the
 // embedded server of a worker already running on the same data directory,
 // and otherwise starts one there (serve: advertise it for operator commands).
-func connectNATS(ctx context.Context, cfg *config, log zerolog.Logger, name string, serve bool, extra ...nats.Option) (*natsConn, error) {
-	c := &natsConn{}
+func Connect(ctx context.Context, cfg *Config, log zerolog.Logger, name string, serve bool, extra ...nats.Option) (*Conn, error) {
+	c := &Conn{}
 	url := cfg.NATSURL
 	if url == "" {
 		if !serve {
@@ -95,7 +101,7 @@ func connectNATS(ctx context.Context, cfg *config, log zerolog.Logger, name stri
 	return finishConn(ctx, c, nc)
 }
 
-func finishConn(ctx context.Context, c *natsConn, nc *nats.Conn) (*natsConn, error) {
+func finishConn(ctx context.Context, c *Conn, nc *nats.Conn) (*Conn, error) {
 	c.nc = nc
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -114,7 +120,7 @@ func finishConn(ctx context.Context, c *natsConn, nc *nats.Conn) (*natsConn, err
 
 // natsOptions builds authentication, TLS and reconnect options. Secrets go
 // to nats.go only, never to a log.
-func natsOptions(cfg *config, log zerolog.Logger, name string) ([]nats.Option, error) {
+func natsOptions(cfg *Config, log zerolog.Logger, name string) ([]nats.Option, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(5 * time.Second),
@@ -160,7 +166,7 @@ func natsOptions(cfg *config, log zerolog.Logger, name string) ([]nats.Option, e
 
 // describeConnectError turns a failed connect into one line that names the
 // setting to look at.
-func describeConnectError(err error, cfg *config) error {
+func describeConnectError(err error, cfg *Config) error {
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return fmt.Errorf("NATS refused the credentials (check NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS or NATS_NKEY): %w", err)

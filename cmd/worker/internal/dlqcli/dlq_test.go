@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 	"github.com/keyworker/keyworker/consumer/embedded"
 	"github.com/keyworker/keyworker/schemas"
@@ -24,7 +25,7 @@ func TestDLQReplay_ReplaysExactlyTheRetriesExhaustedDeadLettersOnceSeamRecovers(
 	e.startWorker()
 	events, dls := e.deadLetter(10, "evt")
 	// An invalid event dead-letters too, with another kind: it must not be replayed.
-	if _, err := publishEvent(context.Background(), e.js, schemas.SubjectCheckedIn, []byte(`{"not":"an event"}`), ""); err != nil {
+	if _, err := cli.PublishEvent(context.Background(), e.js, schemas.SubjectCheckedIn, []byte(`{"not":"an event"}`), ""); err != nil {
 		t.Fatal(err)
 	}
 	e.waitStream(e.cfg.DeadLetterStream, 11, 10*time.Second)
@@ -107,7 +108,7 @@ func TestDLQReplay_DryRunPublishesNothingAndRateSpacesPublishes(t *testing.T) {
 
 	// Without --yes and with no terminal to ask on, replay refuses.
 	r = e.cli("dlq", "replay", "--error-kind", "retries_exhausted")
-	if r.err == nil || exitCode(r.err) != 2 || !strings.Contains(r.err.Error(), "--yes") {
+	if r.err == nil || cli.ExitCode(r.err) != 2 || !strings.Contains(r.err.Error(), "--yes") {
 		t.Fatalf("replay without --yes: %v", r.err)
 	}
 	if e.lastSeq(e.cfg.InputStream) != before {
@@ -189,7 +190,7 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 	ctx := context.Background()
 	orig := []byte(`{"specversion":"1.0","id":"evt-pin","source":"pms://test","type":"guest.checked_in","time":"2026-01-01T10:00:00Z",` +
 		`"data":{"acs_credential_id":"66666666-6666-4666-8666-666666666601","acs_user_id":"33333333-3333-4333-8333-333333333301"}}`)
-	in, err := publishEvent(ctx, e.js, schemas.SubjectCheckedIn, orig, "")
+	in, err := cli.PublishEvent(ctx, e.js, schemas.SubjectCheckedIn, orig, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +209,7 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, err := publishEvent(ctx, e.js, schemas.DeadLetterSubject(schemas.SubjectCheckedIn), doc, "")
+	ack, err := cli.PublishEvent(ctx, e.js, schemas.DeadLetterSubject(schemas.SubjectCheckedIn), doc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,13 +244,13 @@ func TestDLQPurge_DeletesMatchingDeadLettersOnlyWithYes(t *testing.T) {
 	e := newDLQTestEnv(t)
 	e.startWorker()
 	e.deadLetter(3, "evt")
-	if _, err := publishEvent(context.Background(), e.js, schemas.SubjectCheckedOut, []byte(`not json`), ""); err != nil {
+	if _, err := cli.PublishEvent(context.Background(), e.js, schemas.SubjectCheckedOut, []byte(`not json`), ""); err != nil {
 		t.Fatal(err)
 	}
 	e.waitStream(e.cfg.DeadLetterStream, 4, 10*time.Second)
 
 	r := e.cli("dlq", "purge", "--error-kind", "retries_exhausted")
-	if r.err == nil || exitCode(r.err) != 2 || !strings.Contains(r.err.Error(), "3 dead letters match; pass --yes") {
+	if r.err == nil || cli.ExitCode(r.err) != 2 || !strings.Contains(r.err.Error(), "3 dead letters match; pass --yes") {
 		t.Fatalf("purge without --yes: %v", r.err)
 	}
 	if rows := e.listJSON(); len(rows) != 4 {
@@ -300,7 +301,7 @@ func TestDLQ_BadFlagsExitTwoWithOneLine(t *testing.T) {
 		{[]string{"status", "--bogus"}, "bogus"},
 	} {
 		r := e.cli(tc.args...)
-		if r.err == nil || exitCode(r.err) != 2 {
+		if r.err == nil || cli.ExitCode(r.err) != 2 {
 			t.Errorf("worker %s: err %v, want a usage error", strings.Join(tc.args, " "), r.err)
 			continue
 		}
@@ -321,8 +322,8 @@ func TestDLQ_UnreachableNATSFailsWithOneLine(t *testing.T) {
 	t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
 	for _, args := range [][]string{{"dlq", "list"}, {"dlq", "replay", "--yes"}, {"status"}} {
 		var out, errb strings.Builder
-		err := run(context.Background(), args, strings.NewReader(""), &out, &errb)
-		if err == nil || exitCode(err) != 1 || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "NATS_URL") {
+		err := runCLI(context.Background(), args, strings.NewReader(""), &out, &errb)
+		if err == nil || cli.ExitCode(err) != 1 || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "NATS_URL") {
 			t.Errorf("worker %s: %v, want one line naming NATS_URL", strings.Join(args, " "), err)
 		}
 	}

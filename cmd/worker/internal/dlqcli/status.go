@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"slices"
 	"text/tabwriter"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
@@ -25,17 +26,17 @@ Example:
 Flags:
 `
 
-// runStatus is `worker status`.
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// RunStatus is `worker status`.
+func RunStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	cf := dlqRegisterConfig(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	rest, err := dlqParse(fs, cf, args)
 	if err != nil {
-		return helpOr(err, fs, statusUsage, stdout)
+		return cli.HelpOr(err, fs, statusUsage, stdout)
 	}
 	if len(rest) > 0 {
-		return &usageError{msg: fmt.Sprintf("status: unexpected argument %q", rest[0])}
+		return &cli.UsageError{Msg: fmt.Sprintf("status: unexpected argument %q", rest[0])}
 	}
 	s, err := dlqConnect(ctx, cf, stderr, "keyworker-status")
 	if err != nil {

@@ -1,4 +1,7 @@
-package main
+// Package bench is `worker bench`: keyworker measured against the floor, a
+// bare consume, one Seam call, ack loop, on an embedded JetStream server and
+// a Seam fake in this process.
+package bench
 
 import (
 	"context"
@@ -13,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 )
 
 const benchUsage = `Usage: worker bench [--quick] [--json] [--scenario P1,P2,...] [--cpuprofile F] [--memprofile F]
@@ -95,7 +100,8 @@ func benchScenarios(quick bool) []benchScenario {
 	return full
 }
 
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// Run is `worker bench`; args are those after the command name.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == benchChildFloorArg {
 		return runBenchFloorChild(ctx, args[1:], stdout)
 	}
@@ -110,12 +116,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end of each keyworker run to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return helpOr(err, fs, benchUsage, stdout)
+			return cli.HelpOr(err, fs, benchUsage, stdout)
 		}
-		return &usageError{msg: "bench: " + err.Error()}
+		return &cli.UsageError{Msg: "bench: " + err.Error()}
 	}
 	if fs.NArg() > 0 {
-		return &usageError{msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
+		return &cli.UsageError{Msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
 	}
 	known := benchScenarios(false)
 	for _, id := range strings.Split(scen, ",") {
@@ -124,7 +130,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			continue
 		}
 		if !slices.ContainsFunc(known, func(s benchScenario) bool { return s.ID == id }) {
-			return &usageError{msg: fmt.Sprintf("bench: unknown scenario %q (P1 to P5)", id)}
+			return &cli.UsageError{Msg: fmt.Sprintf("bench: unknown scenario %q (P1 to P5)", id)}
 		}
 		o.scenarios = append(o.scenarios, id)
 	}

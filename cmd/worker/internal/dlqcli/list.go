@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
@@ -51,7 +52,7 @@ func dlqList(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "print one JSON array")
 	rest, err := dlqParse(fs, cf, args)
 	if err != nil {
-		return helpOr(err, fs, dlqListUsage, stdout)
+		return cli.HelpOr(err, fs, dlqListUsage, stdout)
 	}
 	s, f, err := dlqOpen(ctx, "dlq list", "keyworker-dlq", &ff, cf, rest, stderr)
 	if err != nil {
@@ -129,14 +130,14 @@ func dlqShow(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "print the stored dead-letter document")
 	rest, err := dlqParse(fs, cf, args)
 	if err != nil {
-		return helpOr(err, fs, dlqShowUsage, stdout)
+		return cli.HelpOr(err, fs, dlqShowUsage, stdout)
 	}
 	if len(rest) != 1 {
-		return &usageError{msg: "dlq show: give exactly one dead-letter sequence, e.g. worker dlq show 42"}
+		return &cli.UsageError{Msg: "dlq show: give exactly one dead-letter sequence, e.g. worker dlq show 42"}
 	}
 	seq, err := strconv.ParseUint(rest[0], 10, 64)
 	if err != nil || seq == 0 {
-		return &usageError{msg: fmt.Sprintf("dlq show: %q is not a dead-letter sequence (a positive number from dlq list)", rest[0])}
+		return &cli.UsageError{Msg: fmt.Sprintf("dlq show: %q is not a dead-letter sequence (a positive number from dlq list)", rest[0])}
 	}
 	s, err := dlqConnect(ctx, cf, stderr, "keyworker-dlq")
 	if err != nil {

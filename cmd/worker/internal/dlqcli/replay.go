@@ -1,4 +1,4 @@
-package main
+package dlqcli
 
 import (
 	"bufio"
@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
@@ -35,18 +36,6 @@ Example:
 Flags:
 `
 
-const dlqPurgeUsage = `Usage: worker dlq purge [filters] --yes
-
-Deletes the matching dead letters from the dead-letter stream, for good.
-Without filters it deletes every dead letter. Without --yes it only says how
-many match.
-
-Example:
-  worker dlq purge --error-kind invalid_event --until 7d --yes
-
-Flags:
-`
-
 // dlqProgressEvery is how often a replay reports progress when stderr is
 // not a terminal.
 const dlqProgressEvery = 5 * time.Second
@@ -62,10 +51,10 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	force := fs.Bool("force", false, "replay events past the loop guard (replayed 3 times already)")
 	rest, err := dlqParse(fs, cf, args)
 	if err != nil {
-		return helpOr(err, fs, dlqReplayUsage, stdout)
+		return cli.HelpOr(err, fs, dlqReplayUsage, stdout)
 	}
 	if *rate < 0 {
-		return &usageError{msg: fmt.Sprintf("dlq replay: --rate %v must not be negative", *rate)}
+		return &cli.UsageError{Msg: fmt.Sprintf("dlq replay: --rate %v must not be negative", *rate)}
 	}
 	s, f, err := dlqOpen(ctx, "dlq replay", "keyworker-dlq-replay", &ff, cf, rest, stderr)
 	if err != nil {
@@ -83,7 +72,7 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if !*dryRun && !*yes {
 		ok, err := dlqConfirm(stdin, stderr, fmt.Sprintf("Replay %d dead letters?", len(entries)))
 		if err != nil {
-			return &usageError{msg: fmt.Sprintf("dlq replay: %d dead letters match; %v", len(entries), err)}
+			return &cli.UsageError{Msg: fmt.Sprintf("dlq replay: %d dead letters match; %v", len(entries), err)}
 		}
 		if !ok {
 			fmt.Fprintln(stdout, "nothing replayed")
@@ -213,31 +202,4 @@ func dlqResultLine(r dlq.Result) string {
 		reason += "; --force replays it anyway"
 	}
 	return fmt.Sprintf("%s  %s", head, reason)
-}
-
-func dlqPurge(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dlq purge", flag.ContinueOnError)
-	cf := dlqRegisterConfig(fs)
-	var ff dlqFilterFlags
-	ff.register(fs)
-	yes := fs.Bool("yes", false, "delete the matching dead letters")
-	rest, err := dlqParse(fs, cf, args)
-	if err != nil {
-		return helpOr(err, fs, dlqPurgeUsage, stdout)
-	}
-	s, f, err := dlqOpen(ctx, "dlq purge", "keyworker-dlq-purge", &ff, cf, rest, stderr)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	entries, err := s.q.List(ctx, f)
-	if err != nil {
-		return err
-	}
-	if !*yes {
-		return &usageError{msg: fmt.Sprintf("dlq purge: %d dead letters match; pass --yes to delete them", len(entries))}
-	}
-	n, err := s.q.Purge(ctx, entries)
-	fmt.Fprintf(stdout, "deleted %d dead letters\n", n)
-	return err
 }

@@ -1,4 +1,7 @@
-package main
+// Package cli is what the worker's commands share: the configuration from
+// flags and environment variables, the NATS connection, usage errors and
+// the guest events they publish.
+package cli
 
 import (
 	"errors"
@@ -17,9 +20,9 @@ import (
 	"github.com/keyworker/keyworker/seamclient"
 )
 
-// config is the worker's configuration (DESIGN section 4). Every field is
+// Config is the worker's configuration (DESIGN section 4). Every field is
 // an environment variable and a flag of the same meaning; a flag wins.
-type config struct {
+type Config struct {
 	NATSURL      string
 	NATSCreds    string
 	NATSNKey     string
@@ -55,15 +58,19 @@ type config struct {
 // binding ties a flag to its environment variable.
 type binding struct{ flag, env string }
 
-// bindings is filled by registerConfig in flag order; the README lists the same.
-type configFlags struct {
-	cfg      config
+// ConfigFlags is a Config bound to flags and environment variables;
+// bindings is filled by RegisterConfig in flag order; the README lists the same.
+type ConfigFlags struct {
+	cfg      Config
 	bindings []binding
 }
 
-// registerConfig defines the configuration flags on fs.
-func registerConfig(fs *flag.FlagSet, withWorker bool) *configFlags {
-	c := &configFlags{}
+// Config is the configuration the flags and variables set.
+func (c *ConfigFlags) Config() *Config { return &c.cfg }
+
+// RegisterConfig defines the configuration flags on fs.
+func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
+	c := &ConfigFlags{}
 	str := func(p *string, name, env, def, usage string) {
 		fs.StringVar(p, name, def, usage+" ($"+env+")")
 		c.bindings = append(c.bindings, binding{name, env})
@@ -109,15 +116,15 @@ func registerConfig(fs *flag.FlagSet, withWorker bool) *configFlags {
 	return c
 }
 
-// parseFlags parses args, applies environment variables to flags not given
+// ParseFlags parses args, applies environment variables to flags not given
 // on the command line, and validates. Errors name the variable or flag.
-func parseFlags(fs *flag.FlagSet, c *configFlags, args []string, getenv func(string) string) error {
+func ParseFlags(fs *flag.FlagSet, c *ConfigFlags, args []string, getenv func(string) string) error {
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return &usageError{msg: err.Error()}
+		return &UsageError{Msg: err.Error()}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -127,15 +134,15 @@ func parseFlags(fs *flag.FlagSet, c *configFlags, args []string, getenv func(str
 			continue
 		}
 		if err := fs.Set(b.flag, v); err != nil {
-			return &usageError{msg: fmt.Sprintf("%s=%q: %v", b.env, v, err)}
+			return &UsageError{Msg: fmt.Sprintf("%s=%q: %v", b.env, v, err)}
 		}
 	}
 	return c.cfg.validate()
 }
 
-func (c *config) validate() error {
+func (c *Config) validate() error {
 	bad := func(name, format string, a ...any) error {
-		return &usageError{msg: name + ": " + fmt.Sprintf(format, a...)}
+		return &UsageError{Msg: name + ": " + fmt.Sprintf(format, a...)}
 	}
 	if c.NATSURL != "" {
 		for _, s := range strings.Split(c.NATSURL, ",") {
@@ -198,8 +205,8 @@ func (c *config) validate() error {
 	return nil
 }
 
-// consumerConfig maps the command's configuration onto the consumer's.
-func (c *config) consumerConfig() consumer.Config {
+// ConsumerConfig maps the command's configuration onto the consumer's.
+func (c *Config) ConsumerConfig() consumer.Config {
 	cc := consumer.Config{
 		Concurrency:   c.Concurrency,
 		MaxClockSkew:  c.MaxClockSkew,
@@ -217,8 +224,8 @@ func (c *config) consumerConfig() consumer.Config {
 	return cc
 }
 
-// newLogger builds the zerolog logger the configuration asks for.
-func newLogger(c *config, w io.Writer) zerolog.Logger {
+// NewLogger builds the zerolog logger the configuration asks for.
+func NewLogger(c *Config, w io.Writer) zerolog.Logger {
 	lvl, _ := zerolog.ParseLevel(c.LogLevel)
 	if c.LogFormat == "console" {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}

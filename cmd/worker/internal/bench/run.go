@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/seamclient"
 )
@@ -369,7 +370,7 @@ func runBenchFloorChild(ctx context.Context, args []string, stdout io.Writer) er
 	seamURL := fs.String("seam-endpoint", "", "")
 	concurrency := fs.Int("concurrency", 32, "")
 	if err := fs.Parse(args); err != nil {
-		return &usageError{msg: "bench: " + err.Error()}
+		return &cli.UsageError{Msg: "bench: " + err.Error()}
 	}
 	nc, err := nats.Connect(*url, nats.Name("keyworker-bench-floor"))
 	if err != nil {
