@@ -20,7 +20,7 @@ import (
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 )
 
-const benchUsage = `Usage: worker bench [--quick] [--json] [--scenario P1,P2,...] [--cpuprofile F] [--memprofile F]
+const usage = `Usage: worker bench [--quick] [--json] [--scenario P1,P2,...] [--cpuprofile F] [--memprofile F]
 
 Measures keyworker against the floor: a bare consume -> one POST to Seam ->
 ack loop on the same stream, with the same concurrency, no idempotency and no
@@ -48,8 +48,8 @@ Example:
 Flags:
 `
 
-// benchOptions steer one bench invocation.
-type benchOptions struct {
+// options steer one bench invocation.
+type options struct {
 	quick      bool
 	json       bool
 	scenarios  []string
@@ -64,8 +64,8 @@ type benchOptions struct {
 	progress io.Writer
 }
 
-// benchScenario is one row of the benchmark.
-type benchScenario struct {
+// scenario is one row of the benchmark.
+type scenario struct {
 	ID          string
 	Title       string
 	Events      int
@@ -79,8 +79,8 @@ type benchScenario struct {
 	Timeout     time.Duration // hard limit of one run
 }
 
-func benchScenarios(quick bool) []benchScenario {
-	full := []benchScenario{
+func allScenarios(quick bool) []scenario {
+	full := []scenario{
 		{ID: "P1", Title: "zero-latency fake", Events: 20000, Concurrency: 32, Repeat: 3},
 		{ID: "P2", Title: "fake latency 100 ms, concurrency 64", Events: 6400, Concurrency: 64, Latency: 100 * time.Millisecond},
 		{ID: "P3", Title: "20% transient faults (503 HTML, 429 Retry-After 1 s)", Events: 40000, Concurrency: 32, FaultRate: 0.2},
@@ -102,12 +102,12 @@ func benchScenarios(quick bool) []benchScenario {
 
 // Run is `worker bench`; args are those after the command name.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == benchChildFloorArg {
-		return runBenchFloorChild(ctx, args[1:], stdout)
+	if len(args) > 0 && args[0] == childFloorArg {
+		return runFloorChild(ctx, args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var o benchOptions
+	var o options
 	var scen string
 	fs.BoolVar(&o.quick, "quick", false, "scaled-down event counts: everything in under a minute")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
@@ -116,20 +116,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end of each keyworker run to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return cli.HelpOr(err, fs, benchUsage, stdout)
+			return cli.HelpOr(err, fs, usage, stdout)
 		}
 		return &cli.UsageError{Msg: "bench: " + err.Error()}
 	}
 	if fs.NArg() > 0 {
 		return &cli.UsageError{Msg: fmt.Sprintf("bench: unexpected argument %q", fs.Arg(0))}
 	}
-	known := benchScenarios(false)
+	known := allScenarios(false)
 	for _, id := range strings.Split(scen, ",") {
 		id = strings.ToUpper(strings.TrimSpace(id))
 		if id == "" {
 			continue
 		}
-		if !slices.ContainsFunc(known, func(s benchScenario) bool { return s.ID == id }) {
+		if !slices.ContainsFunc(known, func(s scenario) bool { return s.ID == id }) {
 			return &cli.UsageError{Msg: fmt.Sprintf("bench: unknown scenario %q (P1 to P5)", id)}
 		}
 		o.scenarios = append(o.scenarios, id)
@@ -138,7 +138,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		o.exe = exe
 	}
 	o.progress = stderr
-	rep := benchRun(ctx, o)
+	rep := runScenarios(ctx, o)
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -154,16 +154,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// benchRun runs the selected scenarios one after another and returns the
+// runScenarios runs the selected scenarios one after another and returns the
 // report. A broken run is recorded in the report; when ctx ends, the
 // report holds what ran so far and says it was interrupted.
-func benchRun(ctx context.Context, o benchOptions) *benchReport {
+func runScenarios(ctx context.Context, o options) *report {
 	if o.progress == nil {
 		o.progress = io.Discard
 	}
-	all := benchScenarios(o.quick)
+	all := allScenarios(o.quick)
 	selected := func(id string) bool { return len(o.scenarios) == 0 || slices.Contains(o.scenarios, id) }
-	var scenarios []benchScenario
+	var scenarios []scenario
 	for _, s := range all {
 		if selected(s.ID) {
 			if o.events > 0 {
@@ -172,16 +172,16 @@ func benchRun(ctx context.Context, o benchOptions) *benchReport {
 			scenarios = append(scenarios, s)
 		}
 	}
-	rep := newBenchReport(o.quick, scenarios)
-	prof := &benchProfiler{cpu: o.cpuProfile, mem: o.memProfile, multi: len(scenarios) > 1}
+	rep := newReport(o.quick, scenarios)
+	prof := &profiler{cpu: o.cpuProfile, mem: o.memProfile, multi: len(scenarios) > 1}
 
-	var p1 *benchRunResult
+	var p1 *runResult
 	for _, s := range scenarios {
 		if ctx.Err() != nil {
 			rep.Interrupted = true
 			break
 		}
-		sr := benchScenarioReport{Scenario: s}
+		sr := scenarioReport{Scenario: s}
 		child := s.Child && o.exe != ""
 		// Repeats alternate the pipelines, so that both meet the same
 		// interference, and keep each one's best run: other processes on
@@ -191,8 +191,8 @@ func benchRun(ctx context.Context, o benchOptions) *benchReport {
 			if r > 0 {
 				rprof = nil // profile the first run only
 			}
-			sr.Floor = benchBest(sr.Floor, benchOne(ctx, o, s, benchFloor, child, nil))
-			sr.Keyworker = benchBest(sr.Keyworker, benchOne(ctx, o, s, benchKeyworker, child, rprof))
+			sr.Floor = keepBest(sr.Floor, runOne(ctx, o, s, pipelineFloor, child, nil))
+			sr.Keyworker = keepBest(sr.Keyworker, runOne(ctx, o, s, pipelineKeyworker, child, rprof))
 		}
 		if s.ID == "P1" {
 			p1 = sr.Keyworker
@@ -202,7 +202,7 @@ func benchRun(ctx context.Context, o benchOptions) *benchReport {
 			base := s
 			base.FaultRate = 0
 			base.Title = "P3 without faults (P1 was not run)"
-			sr.Baseline = benchOne(ctx, o, base, benchKeyworker, false, nil)
+			sr.Baseline = runOne(ctx, o, base, pipelineKeyworker, false, nil)
 		}
 		sr.judge(p1)
 		rep.Scenarios = append(rep.Scenarios, sr)
@@ -211,10 +211,10 @@ func benchRun(ctx context.Context, o benchOptions) *benchReport {
 	return rep
 }
 
-// benchBest keeps the better of two runs of the same pipeline: a broken
+// keepBest keeps the better of two runs of the same pipeline: a broken
 // run first (so that it is reported), else the faster. It records every
 // run's events/s.
-func benchBest(kept, next *benchRunResult) *benchRunResult {
+func keepBest(kept, next *runResult) *runResult {
 	if kept == nil {
 		next.RunsEventsPerSec = []float64{next.EventsPerSec}
 		return next
@@ -228,15 +228,15 @@ func benchBest(kept, next *benchRunResult) *benchRunResult {
 	return best
 }
 
-// benchOne runs one pipeline on one scenario and never fails: errors and
+// runOne runs one pipeline on one scenario and never fails: errors and
 // timeouts are recorded in the result.
-func benchOne(ctx context.Context, o benchOptions, s benchScenario, pipeline string, child bool, prof *benchProfiler) *benchRunResult {
+func runOne(ctx context.Context, o options, s scenario, pipeline string, child bool, prof *profiler) *runResult {
 	if ctx.Err() != nil {
-		return &benchRunResult{Pipeline: pipeline, Concurrency: s.Concurrency, Published: s.Events, Error: "interrupted"}
+		return &runResult{Pipeline: pipeline, Concurrency: s.Concurrency, Published: s.Events, Error: "interrupted"}
 	}
 	fmt.Fprintf(o.progress, "bench %s %-9s %6d events, concurrency %d ...", s.ID, pipeline, s.Events, s.Concurrency)
 	started := time.Now()
-	res := benchExecute(ctx, o, s, pipeline, child, prof)
+	res := execute(ctx, o, s, pipeline, child, prof)
 	status := "ok"
 	switch {
 	case res.Error != "":
@@ -248,16 +248,16 @@ func benchOne(ctx context.Context, o benchOptions, s benchScenario, pipeline str
 	return res
 }
 
-// benchProfiler writes the CPU and heap profiles of keyworker runs. With
+// profiler writes the CPU and heap profiles of keyworker runs. With
 // several scenarios each gets its own file: cpu.pprof becomes cpu.P1.pprof.
-type benchProfiler struct {
+type profiler struct {
 	cpu, mem string
 	multi    bool
 	written  []string
 	stopCPU  func()
 }
 
-func (p *benchProfiler) path(base, id string) string {
+func (p *profiler) path(base, id string) string {
 	if !p.multi {
 		return base
 	}
@@ -266,7 +266,7 @@ func (p *benchProfiler) path(base, id string) string {
 }
 
 // startCPU starts a CPU profile for scenario id, if asked for.
-func (p *benchProfiler) startCPU(id string) error {
+func (p *profiler) startCPU(id string) error {
 	if p == nil || p.cpu == "" {
 		return nil
 	}
@@ -287,7 +287,7 @@ func (p *benchProfiler) startCPU(id string) error {
 	return nil
 }
 
-func (p *benchProfiler) finishCPU() {
+func (p *profiler) finishCPU() {
 	if p != nil && p.stopCPU != nil {
 		p.stopCPU()
 		p.stopCPU = nil
@@ -296,7 +296,7 @@ func (p *benchProfiler) finishCPU() {
 
 // writeHeap writes a heap profile (in use now, and allocations since the
 // process started) for scenario id, if asked for.
-func (p *benchProfiler) writeHeap(id string) error {
+func (p *profiler) writeHeap(id string) error {
 	if p == nil || p.mem == "" {
 		return nil
 	}

@@ -19,7 +19,7 @@ import (
 func TestBench_TinyRunReportsEveryScenarioWithFigures(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep := benchRun(ctx, benchOptions{quick: true, events: 50})
+	rep := runScenarios(ctx, options{quick: true, events: 50})
 	if broken := rep.broken(); len(broken) > 0 {
 		t.Fatalf("runs broke: %v", broken)
 	}
@@ -32,7 +32,7 @@ func TestBench_TinyRunReportsEveryScenarioWithFigures(t *testing.T) {
 		if s.ID != "P5" && s.Target.Value <= 0 {
 			t.Errorf("%s: target figure %v, want > 0", s.ID, s.Target.Value)
 		}
-		for _, r := range []*benchRunResult{s.Floor, s.Keyworker} {
+		for _, r := range []*runResult{s.Floor, s.Keyworker} {
 			if r == nil {
 				t.Fatalf("%s: a pipeline did not run", s.ID)
 			}

@@ -28,22 +28,22 @@ import (
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
-// benchPublishedAtHeader carries the publish time (Unix nanoseconds) of
+// publishedAtHeader carries the publish time (Unix nanoseconds) of
 // every bench event, so that the stream itself shows it; the bench keeps
 // the same time per event in memory for its figures.
-const benchPublishedAtHeader = "Keyworker-Bench-Published-At"
+const publishedAtHeader = "Keyworker-Bench-Published-At"
 
-// benchAckedSubject is where the floor running in a child process reports
+// ackedSubject is where the floor running in a child process reports
 // each acknowledged event (data: the credential id).
-const benchAckedSubject = "_keyworker_bench.floor.acked"
+const ackedSubject = "_keyworker_bench.floor.acked"
 
-// benchSource is the CloudEvents source of the bench's events.
-const benchSource = "keyworker-bench"
+// eventSource is the CloudEvents source of the bench's events.
+const eventSource = "keyworker-bench"
 
-// benchEvents are the events of one run, each with a credential and user of
+// eventSet holds the events of one run, each with a credential and user of
 // its own (so ordering leases never serialise them), and what was seen of
 // each. Indexes are positions in the slices.
-type benchEvents struct {
+type eventSet struct {
 	docs [][]byte
 	// byCred maps a credential id to its event; byOutcome maps an outcome's
 	// Nats-Msg-Id to its event. Both are read-only once built.
@@ -63,8 +63,8 @@ type benchEvents struct {
 	doneOnce    sync.Once
 }
 
-func newBenchEvents(n int) (*benchEvents, error) {
-	e := &benchEvents{
+func newEventSet(n int) (*eventSet, error) {
+	e := &eventSet{
 		docs:        make([][]byte, n),
 		byCred:      make(map[string]int, n),
 		byOutcome:   make(map[string]int, n),
@@ -82,21 +82,21 @@ func newBenchEvents(n int) (*benchEvents, error) {
 		cred := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", run, i>>16&0xffff, i>>4&0xfff, i&0xf, uint64(i))
 		user := fmt.Sprintf("%08x-%04x-4%03x-9%03x-%012x", run, i>>16&0xffff, i>>4&0xfff, i&0xf, uint64(i))
 		id := "bench-" + strconv.FormatUint(uint64(run), 16) + "-" + strconv.Itoa(i)
-		doc, err := schemas.NewEnvelope(schemas.SubjectCheckedIn, benchSource, id, "R-"+strconv.Itoa(i), at,
+		doc, err := schemas.NewEnvelope(schemas.SubjectCheckedIn, eventSource, id, "R-"+strconv.Itoa(i), at,
 			schemas.GuestData{ACSCredentialID: cred, ACSUserID: user, ReservationID: "R-" + strconv.Itoa(i), PropertyID: "bench-hotel"})
 		if err != nil {
 			return nil, err
 		}
 		e.docs[i] = doc
 		e.byCred[cred] = i
-		e.byOutcome["keyworker-"+idempotency.Key(benchSource, id)[:40]] = i
+		e.byOutcome["keyworker-"+idempotency.Key(eventSource, id)[:40]] = i
 	}
 	return e, nil
 }
 
 // observe records the first outcome of event i and reports whether it
 // was the first.
-func (e *benchEvents) observe(i int, at int64) bool {
+func (e *eventSet) observe(i int, at int64) bool {
 	if !e.observedAt[i].CompareAndSwap(0, at) {
 		return false // a re-publish of an outcome already seen
 	}
@@ -115,7 +115,7 @@ func (e *benchEvents) observe(i int, at int64) bool {
 // onOutcome handles an outcome event seen on the core subject: it is
 // matched to its input by the Nats-Msg-Id the worker derives from the
 // event's identity, or by the CloudEvents id when the header is missing.
-func (e *benchEvents) onOutcome(m *nats.Msg) {
+func (e *eventSet) onOutcome(m *nats.Msg) {
 	at := time.Now().UnixNano()
 	id := m.Header.Get(jetstream.MsgIDHeader)
 	if id == "" {
@@ -141,10 +141,10 @@ func (e *benchEvents) onOutcome(m *nats.Msg) {
 	}
 }
 
-// benchEnv is the world of one run: a fresh embedded JetStream server with
+// environment is the world of one run: a fresh embedded JetStream server with
 // keyworker's streams, consumer and buckets, a client connection that
 // publishes and observes, and the Seam fake behind a timing wrapper.
-type benchEnv struct {
+type environment struct {
 	dir      string
 	srv      *server.Server
 	url      string
@@ -152,14 +152,14 @@ type benchEnv struct {
 	js       jetstream.JetStream
 	cfg      consumer.Config
 	fake     *seamtest.Fake
-	seam     *benchSeam
+	seam     *timedSeam
 	seamURL  string
 	stopSeam func()
 	pubErrs  atomic.Int64
 }
 
-func startBenchEnv(ctx context.Context, s benchScenario, ev *benchEvents) (_ *benchEnv, err error) {
-	e := &benchEnv{stopSeam: func() {}}
+func startEnvironment(ctx context.Context, s scenario, ev *eventSet) (_ *environment, err error) {
+	e := &environment{stopSeam: func() {}}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -184,7 +184,7 @@ func startBenchEnv(ctx context.Context, s benchScenario, ev *benchEvents) (_ *be
 	if err != nil {
 		return nil, err
 	}
-	e.cfg = benchConsumerConfig(s.Concurrency)
+	e.cfg = consumerConfig(s.Concurrency)
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := consumer.Provision(pctx, e.js, e.cfg, false); err != nil {
@@ -199,22 +199,22 @@ func startBenchEnv(ctx context.Context, s benchScenario, ev *benchEvents) (_ *be
 		opts = append(opts, seamtest.WithLatency(s.Latency))
 	}
 	e.fake = seamtest.New(opts...)
-	e.seam = &benchSeam{next: e.fake, fake: e.fake, ev: ev, faultRate: s.FaultRate, rng: mrand.New(mrand.NewPCG(6, 7))}
-	e.seamURL, e.stopSeam, err = serveBenchSeam(e.seam)
+	e.seam = &timedSeam{next: e.fake, fake: e.fake, ev: ev, faultRate: s.FaultRate, rng: mrand.New(mrand.NewPCG(6, 7))}
+	e.seamURL, e.stopSeam, err = serveSeam(e.seam)
 	if err != nil {
 		return nil, err
 	}
 	return e, nil
 }
 
-// benchConsumerConfig is keyworker's configuration in the bench: the
+// consumerConfig is keyworker's configuration in the bench: the
 // defaults, as `worker run` uses them, at the scenario's concurrency, with
 // a short shutdown grace so that a timed-out run stops promptly.
-func benchConsumerConfig(concurrency int) consumer.Config {
+func consumerConfig(concurrency int) consumer.Config {
 	return consumer.Config{Concurrency: concurrency, ShutdownGrace: 2 * time.Second}
 }
 
-func (e *benchEnv) close() {
+func (e *environment) close() {
 	e.stopSeam()
 	if e.nc != nil {
 		e.nc.Close()
@@ -230,7 +230,7 @@ func (e *benchEnv) close() {
 
 // observeOutcomes subscribes to the outcome subjects on the core
 // connection; it sees each outcome as it is published to its stream.
-func (e *benchEnv) observeOutcomes(ev *benchEvents) (func(), error) {
+func (e *environment) observeOutcomes(ev *eventSet) (func(), error) {
 	var subs []*nats.Subscription
 	stop := func() {
 		for _, s := range subs {
@@ -251,8 +251,8 @@ func (e *benchEnv) observeOutcomes(ev *benchEvents) (func(), error) {
 
 // observeChildAcks subscribes to the acknowledgements a floor running in a
 // child process reports.
-func (e *benchEnv) observeChildAcks(ev *benchEvents) (func(), error) {
-	sub, err := e.nc.Subscribe(benchAckedSubject, func(m *nats.Msg) {
+func (e *environment) observeChildAcks(ev *eventSet) (func(), error) {
+	sub, err := e.nc.Subscribe(ackedSubject, func(m *nats.Msg) {
 		at := time.Now().UnixNano()
 		if i, ok := ev.byCred[string(m.Data)]; ok {
 			ev.observe(i, at)
@@ -267,12 +267,12 @@ func (e *benchEnv) observeChildAcks(ev *benchEvents) (func(), error) {
 
 // publish publishes event i with its publish time in a header; the stream's
 // acknowledgement is awaited in bulk by waitPublished.
-func (e *benchEnv) publish(ctx context.Context, ev *benchEvents, i int) error {
+func (e *environment) publish(ctx context.Context, ev *eventSet, i int) error {
 	now := time.Now().UnixNano()
 	ev.publishedAt[i].Store(now)
 	msg := &nats.Msg{Subject: schemas.SubjectCheckedIn, Data: ev.docs[i], Header: nats.Header{}}
 	msg.Header.Set("Content-Type", schemas.ContentType)
-	msg.Header.Set(benchPublishedAtHeader, strconv.FormatInt(now, 10))
+	msg.Header.Set(publishedAtHeader, strconv.FormatInt(now, 10))
 	for {
 		_, err := e.js.PublishMsgAsync(msg)
 		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
@@ -285,7 +285,7 @@ func (e *benchEnv) publish(ctx context.Context, ev *benchEvents, i int) error {
 }
 
 // preload publishes every event before the pipeline starts.
-func (e *benchEnv) preload(ctx context.Context, ev *benchEvents) error {
+func (e *environment) preload(ctx context.Context, ev *eventSet) error {
 	for i := range ev.docs {
 		if err := e.publish(ctx, ev, i); err != nil {
 			return fmt.Errorf("bench: publish: %w", err)
@@ -294,7 +294,7 @@ func (e *benchEnv) preload(ctx context.Context, ev *benchEvents) error {
 	return e.waitPublished(ctx)
 }
 
-func (e *benchEnv) waitPublished(ctx context.Context) error {
+func (e *environment) waitPublished(ctx context.Context) error {
 	select {
 	case <-e.js.PublishAsyncComplete():
 	case <-ctx.Done():
@@ -308,7 +308,7 @@ func (e *benchEnv) waitPublished(ctx context.Context) error {
 
 // offer publishes the events at rate per second, on a fixed schedule: a
 // late publish does not make the next one early beyond catching up.
-func (e *benchEnv) offer(ctx context.Context, ev *benchEvents, rate float64) error {
+func (e *environment) offer(ctx context.Context, ev *eventSet, rate float64) error {
 	interval := time.Duration(float64(time.Second) / rate)
 	start := time.Now()
 	t := time.NewTimer(0)
@@ -329,13 +329,13 @@ func (e *benchEnv) offer(ctx context.Context, ev *benchEvents, rate float64) err
 	return e.waitPublished(ctx)
 }
 
-// benchSeam wraps the Seam fake: it adds up the time each event's calls
+// timedSeam wraps the Seam fake: it adds up the time each event's calls
 // spend inside the fake (latency and handling, not the HTTP transport), and
 // injects transient faults through the fake's own FailNext.
-type benchSeam struct {
+type timedSeam struct {
 	next http.Handler
 	fake *seamtest.Fake
-	ev   *benchEvents
+	ev   *eventSet
 
 	faultRate float64
 	mu        sync.Mutex
@@ -343,7 +343,7 @@ type benchSeam struct {
 	faults    int
 }
 
-func (b *benchSeam) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (b *timedSeam) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		return
@@ -374,9 +374,9 @@ func (b *benchSeam) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveBenchSeam serves h on a loopback port, as seamtest's Fake.Serve
+// serveSeam serves h on a loopback port, as seamtest's Fake.Serve
 // does for the bare fake, and returns its base URL and a stop function.
-func serveBenchSeam(h http.Handler) (string, func(), error) {
+func serveSeam(h http.Handler) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, fmt.Errorf("bench: seam fake: %w", err)

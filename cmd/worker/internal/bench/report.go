@@ -14,8 +14,8 @@ import (
 	"unicode/utf8"
 )
 
-// benchRunResult is what one pipeline did on one scenario.
-type benchRunResult struct {
+// runResult is what one pipeline did on one scenario.
+type runResult struct {
 	Pipeline    string `json:"pipeline"`
 	Concurrency int    `json:"concurrency"`
 	Published   int    `json:"published"`
@@ -33,8 +33,8 @@ type benchRunResult struct {
 	RunsEventsPerSec []float64 `json:"runs_events_per_sec,omitempty"`
 	// E2E is from publish to the observed outcome; Added is E2E less the
 	// time the event's Seam calls spent inside the fake.
-	E2E   benchLatency `json:"e2e"`
-	Added benchLatency `json:"worker_added"`
+	E2E   latency `json:"e2e"`
+	Added latency `json:"worker_added"`
 	// PeakRSS is the process's VmHWM in bytes while the run went on.
 	PeakRSS int64 `json:"peak_rss_bytes"`
 	// BaselineRSS is the bench process's VmRSS just before the run (0 for
@@ -67,16 +67,16 @@ type benchRunResult struct {
 	Error    string  `json:"error,omitempty"`
 }
 
-// benchLatency is a latency distribution in milliseconds.
-type benchLatency struct {
+// latency is a latency distribution in milliseconds.
+type latency struct {
 	P50Ms float64 `json:"p50_ms"`
 	P99Ms float64 `json:"p99_ms"`
 	MaxMs float64 `json:"max_ms"`
 }
 
-// benchSteadyRate is the completion rate between the 5th and the 95th
+// steadyRate is the completion rate between the 5th and the 95th
 // percentile of the completion times (Unix ns); 0 with too few events.
-func benchSteadyRate(at []int64) float64 {
+func steadyRate(at []int64) float64 {
 	if len(at) < 20 {
 		return 0
 	}
@@ -89,37 +89,37 @@ func benchSteadyRate(at []int64) float64 {
 	return float64(hi-lo) / secs
 }
 
-func benchLatencies(d []time.Duration) benchLatency {
+func latencies(d []time.Duration) latency {
 	if len(d) == 0 {
-		return benchLatency{}
+		return latency{}
 	}
 	slices.Sort(d)
 	at := func(q float64) float64 {
 		i := int(math.Ceil(q*float64(len(d)))) - 1
 		return float64(d[max(i, 0)]) / float64(time.Millisecond)
 	}
-	return benchLatency{P50Ms: at(0.50), P99Ms: at(0.99), MaxMs: at(1)}
+	return latency{P50Ms: at(0.50), P99Ms: at(0.99), MaxMs: at(1)}
 }
 
-// benchScenarioReport is one scenario: both pipelines and the target.
-type benchScenarioReport struct {
-	Scenario    benchScenario   `json:"-"`
-	ID          string          `json:"id"`
-	Title       string          `json:"title"`
-	Events      int             `json:"events"`
-	Concurrency int             `json:"concurrency"`
-	LatencyMs   float64         `json:"seam_latency_ms"`
-	FaultRate   float64         `json:"fault_rate,omitempty"`
-	OfferedRate float64         `json:"offered_events_per_sec,omitempty"`
-	Floor       *benchRunResult `json:"floor"`
-	Keyworker   *benchRunResult `json:"keyworker"`
+// scenarioReport is one scenario: both pipelines and the target.
+type scenarioReport struct {
+	Scenario    scenario   `json:"-"`
+	ID          string     `json:"id"`
+	Title       string     `json:"title"`
+	Events      int        `json:"events"`
+	Concurrency int        `json:"concurrency"`
+	LatencyMs   float64    `json:"seam_latency_ms"`
+	FaultRate   float64    `json:"fault_rate,omitempty"`
+	OfferedRate float64    `json:"offered_events_per_sec,omitempty"`
+	Floor       *runResult `json:"floor"`
+	Keyworker   *runResult `json:"keyworker"`
 	// Baseline is fault-free keyworker at P3's scale, when P1 was not run.
-	Baseline *benchRunResult `json:"baseline,omitempty"`
-	Target   benchTarget     `json:"target"`
+	Baseline *runResult `json:"baseline,omitempty"`
+	Target   target     `json:"target"`
 }
 
-// benchTarget is a scenario's figure against its goal.
-type benchTarget struct {
+// target is a scenario's figure against its goal.
+type target struct {
 	Metric string  `json:"metric"`
 	Value  float64 `json:"value"`
 	Unit   string  `json:"unit,omitempty"`
@@ -133,13 +133,13 @@ type benchTarget struct {
 }
 
 // judge computes the scenario's figure; p1 is P1's keyworker run, if any.
-func (r *benchScenarioReport) judge(p1 *benchRunResult) {
+func (r *scenarioReport) judge(p1 *runResult) {
 	s := r.Scenario
 	r.ID, r.Title, r.Events, r.Concurrency = s.ID, s.Title, s.Events, s.Concurrency
 	r.LatencyMs, r.FaultRate, r.OfferedRate = float64(s.Latency)/float64(time.Millisecond), s.FaultRate, s.OfferedRate
 	kw := r.Keyworker
 	t := &r.Target
-	usable := func(x *benchRunResult) bool { return x != nil && x.Error == "" && !x.TimedOut && x.Events > 0 }
+	usable := func(x *runResult) bool { return x != nil && x.Error == "" && !x.TimedOut && x.Events > 0 }
 	switch s.ID {
 	case "P1":
 		t.Metric, t.Op, t.Goal = "keyworker events/s / floor events/s", ">=", 0.5
@@ -186,12 +186,12 @@ func (r *benchScenarioReport) judge(p1 *benchRunResult) {
 		case kw == nil || kw.PeakRSS == 0:
 			t.Missing = "no RSS figure"
 		case kw.RSSScope == "worker process":
-			t.Value = benchMiB(kw.PeakRSS)
+			t.Value = mib(kw.PeakRSS)
 		default:
 			// In process the peak includes the NATS server and the fake:
 			// count only what the run added.
 			t.Metric += " (growth of the bench process)"
-			t.Value = benchMiB(kw.PeakRSS - kw.BaselineRSS)
+			t.Value = mib(kw.PeakRSS - kw.BaselineRSS)
 		}
 	}
 	if t.Missing == "" {
@@ -203,18 +203,18 @@ func (r *benchScenarioReport) judge(p1 *benchRunResult) {
 	}
 }
 
-// benchReport is the whole bench.
-type benchReport struct {
-	Quick           bool                  `json:"quick"`
-	Interrupted     bool                  `json:"interrupted,omitempty"`
-	Machine         benchMachine          `json:"machine"`
-	Scenarios       []benchScenarioReport `json:"scenarios"`
-	Notes           []string              `json:"notes"`
-	ProfilesWritten []string              `json:"profiles_written,omitempty"`
+// report is the whole bench.
+type report struct {
+	Quick           bool             `json:"quick"`
+	Interrupted     bool             `json:"interrupted,omitempty"`
+	Machine         machine          `json:"machine"`
+	Scenarios       []scenarioReport `json:"scenarios"`
+	Notes           []string         `json:"notes"`
+	ProfilesWritten []string         `json:"profiles_written,omitempty"`
 }
 
-// benchMachine describes where the figures come from.
-type benchMachine struct {
+// machine describes where the figures come from.
+type machine struct {
 	CPUs       int    `json:"cpus"`
 	GOMAXPROCS int    `json:"gomaxprocs"`
 	CPUModel   string `json:"cpu_model"`
@@ -223,8 +223,8 @@ type benchMachine struct {
 	Go         string `json:"go"`
 }
 
-func newBenchReport(quick bool, scenarios []benchScenario) *benchReport {
-	r := &benchReport{Quick: quick, Machine: benchMachineInfo()}
+func newReport(quick bool, scenarios []scenario) *report {
+	r := &report{Quick: quick, Machine: machineInfo()}
 	if quick {
 		var scaled []string
 		for _, s := range scenarios {
@@ -254,9 +254,9 @@ func newBenchReport(quick bool, scenarios []benchScenario) *benchReport {
 }
 
 // broken lists the runs that broke: the bench's exit status reflects them.
-func (r *benchReport) broken() []string {
+func (r *report) broken() []string {
 	var out []string
-	check := func(id string, x *benchRunResult) {
+	check := func(id string, x *runResult) {
 		if x == nil {
 			return
 		}
@@ -268,9 +268,9 @@ func (r *benchReport) broken() []string {
 			out = append(out, fmt.Sprintf("%s: %d outcome events matched no published event", name, x.UnmatchedOutcomes))
 		case x.TimedOut:
 			out = append(out, fmt.Sprintf("%s: timed out with %d of %d events done", name, x.Events, x.Published))
-		case x.Pipeline == benchKeyworker && x.SeamEffects != x.Published:
+		case x.Pipeline == pipelineKeyworker && x.SeamEffects != x.Published:
 			out = append(out, fmt.Sprintf("%s: %d credential assignments in Seam for %d events", name, x.SeamEffects, x.Published))
-		case x.Pipeline == benchKeyworker && (x.DeadLetters > 0 || x.Skipped > 0):
+		case x.Pipeline == pipelineKeyworker && (x.DeadLetters > 0 || x.Skipped > 0):
 			out = append(out, fmt.Sprintf("%s: %d dead letters and %d skipped where none were expected", name, x.DeadLetters, x.Skipped))
 		}
 	}
@@ -286,7 +286,7 @@ func (r *benchReport) broken() []string {
 }
 
 // writeTable prints the report for people.
-func (r *benchReport) writeTable(w io.Writer) {
+func (r *report) writeTable(w io.Writer) {
 	m := r.Machine
 	mode := "full run"
 	if r.Quick {
@@ -295,11 +295,11 @@ func (r *benchReport) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "keyworker bench, %s\nmachine: %d CPUs (GOMAXPROCS %d), %s, %s RAM, %s, %s\n\n",
 		mode, m.CPUs, m.GOMAXPROCS, m.CPUModel, m.MemTotal, m.OS, m.Go)
 	rows := [][]string{{"scenario", "pipeline", "conc", "events", "seconds", "events/s", "steady ev/s", "e2e p50", "e2e p99", "added p50", "added p99", "seam calls/ev", "CPU/ev", "peak RSS", "cpu wait", ""}}
-	row := func(id string, x *benchRunResult) {
+	row := func(id string, x *runResult) {
 		if x == nil {
 			return
 		}
-		rss := benchFormatMiB(x.PeakRSS)
+		rss := formatMiB(x.PeakRSS)
 		cpu := strconv.FormatFloat(x.CPUPerEventUs, 'f', 0, 64) + " µs"
 		if x.RSSScope == "worker process" {
 			rss += " (own)"
@@ -314,7 +314,7 @@ func (r *benchReport) writeTable(w io.Writer) {
 		}
 		rows = append(rows, []string{id, x.Pipeline, strconv.Itoa(x.Concurrency), strconv.Itoa(x.Events),
 			strconv.FormatFloat(x.Seconds, 'f', 2, 64), strconv.FormatFloat(x.EventsPerSec, 'f', 0, 64), strconv.FormatFloat(x.SteadyEventsPerSec, 'f', 0, 64),
-			benchFormatMs(x.E2E.P50Ms), benchFormatMs(x.E2E.P99Ms), benchFormatMs(x.Added.P50Ms), benchFormatMs(x.Added.P99Ms),
+			formatMs(x.E2E.P50Ms), formatMs(x.E2E.P99Ms), formatMs(x.Added.P50Ms), formatMs(x.Added.P99Ms),
 			strconv.FormatFloat(x.SeamCallsPerEvent, 'f', 2, 64), cpu, rss, strconv.FormatFloat(100*x.CPUWait, 'f', 0, 64) + "%", status})
 	}
 	for _, s := range r.Scenarios {
@@ -326,7 +326,7 @@ func (r *benchReport) writeTable(w io.Writer) {
 			row(s.ID, &b)
 		}
 	}
-	benchWriteColumns(w, rows, "ll")
+	writeColumns(w, rows, "ll")
 
 	fmt.Fprintln(w, "\ntargets")
 	rows = nil
@@ -353,13 +353,13 @@ func (r *benchReport) writeTable(w io.Writer) {
 		}
 		rows = append(rows, []string{s.ID, t.Metric, value + unit, fmt.Sprintf("%s %g%s", t.Op, t.Goal, unit), verdict})
 	}
-	benchWriteColumns(w, rows, "llrrl")
+	writeColumns(w, rows, "llrrl")
 	fmt.Fprintln(w, "\nnotes")
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "- "+n)
 	}
 	for _, s := range r.Scenarios {
-		for _, x := range []*benchRunResult{s.Floor, s.Keyworker, s.Baseline} {
+		for _, x := range []*runResult{s.Floor, s.Keyworker, s.Baseline} {
 			if x != nil && x.Error != "" {
 				fmt.Fprintf(w, "- %s %s error: %s\n", s.ID, x.Pipeline, x.Error)
 			}
@@ -370,9 +370,9 @@ func (r *benchReport) writeTable(w io.Writer) {
 	}
 }
 
-// benchWriteColumns prints rows as aligned columns; align has one letter
+// writeColumns prints rows as aligned columns; align has one letter
 // per column, l or r, and columns past its end align right.
-func benchWriteColumns(w io.Writer, rows [][]string, align string) {
+func writeColumns(w io.Writer, rows [][]string, align string) {
 	var width []int
 	for _, r := range rows {
 		for i, c := range r {
@@ -399,7 +399,7 @@ func benchWriteColumns(w io.Writer, rows [][]string, align string) {
 	}
 }
 
-func benchFormatMs(ms float64) string {
+func formatMs(ms float64) string {
 	switch {
 	case ms >= 10000:
 		return strconv.FormatFloat(ms/1000, 'f', 1, 64) + " s"
@@ -409,18 +409,18 @@ func benchFormatMs(ms float64) string {
 	return strconv.FormatFloat(ms, 'f', 2, 64) + " ms"
 }
 
-func benchMiB(b int64) float64 { return float64(b) / (1 << 20) }
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-func benchFormatMiB(b int64) string {
+func formatMiB(b int64) string {
 	if b <= 0 {
 		return "n/a"
 	}
-	return strconv.FormatFloat(benchMiB(b), 'f', 1, 64) + " MiB"
+	return strconv.FormatFloat(mib(b), 'f', 1, 64) + " MiB"
 }
 
-// benchProcStatus reads a size field such as VmHWM or VmRSS, in bytes,
+// procStatus reads a size field such as VmHWM or VmRSS, in bytes,
 // from /proc/<pid>/status; 0 when unavailable (not Linux).
-func benchProcStatus(pid, field string) int64 {
+func procStatus(pid, field string) int64 {
 	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
@@ -440,9 +440,9 @@ func benchProcStatus(pid, field string) int64 {
 	return 0
 }
 
-// benchCPUTime is the user and system CPU time a process has used so far,
+// cpuTime is the user and system CPU time a process has used so far,
 // from /proc/<pid>/stat (pid "self" for this one); 0 when unavailable.
-func benchCPUTime(pid string) time.Duration {
+func cpuTime(pid string) time.Duration {
 	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return 0
@@ -459,9 +459,9 @@ func benchCPUTime(pid string) time.Duration {
 	return time.Duration(utime+stime) * time.Second / ticksPerSecond
 }
 
-// benchCPUPressure is the machine's total CPU "some" stall time from
+// cpuPressure is the machine's total CPU "some" stall time from
 // /proc/pressure/cpu; ok is false where PSI is unavailable.
-func benchCPUPressure() (time.Duration, bool) {
+func cpuPressure() (time.Duration, bool) {
 	b, err := os.ReadFile("/proc/pressure/cpu")
 	if err != nil {
 		return 0, false
@@ -478,8 +478,8 @@ func benchCPUPressure() (time.Duration, bool) {
 	return time.Duration(us) * time.Microsecond, true
 }
 
-// benchLoadAvg is the 1-minute load average; 0 when unavailable.
-func benchLoadAvg() float64 {
+// loadAvg is the 1-minute load average; 0 when unavailable.
+func loadAvg() float64 {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return 0
@@ -492,21 +492,21 @@ func benchLoadAvg() float64 {
 	return v
 }
 
-// benchResetPeakRSS resets this process's VmHWM to its current RSS
+// resetPeakRSS resets this process's VmHWM to its current RSS
 // (Linux 4.0 and later) and reports whether it could.
-func benchResetPeakRSS() bool {
+func resetPeakRSS() bool {
 	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
 }
 
-// benchFreeMemory returns the garbage of earlier runs to the OS, so that
+// freeMemory returns the garbage of earlier runs to the OS, so that
 // the next run's peak is its own.
-func benchFreeMemory() {
+func freeMemory() {
 	runtime.GC()
 	debug.FreeOSMemory()
 }
 
-func benchMachineInfo() benchMachine {
-	m := benchMachine{
+func machineInfo() machine {
+	m := machine{
 		CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version(), CPUModel: "unknown", MemTotal: "unknown",
 	}

@@ -29,15 +29,15 @@ import (
 
 // Pipelines the bench compares.
 const (
-	benchFloor     = "floor"
-	benchKeyworker = "keyworker"
+	pipelineFloor     = "floor"
+	pipelineKeyworker = "keyworker"
 )
 
-// benchAPIKey is the bearer token the bench's clients send to its Seam fake.
-const benchAPIKey = "bench-key"
+// apiKey is the bearer token the bench's clients send to its Seam fake.
+const apiKey = "bench-key"
 
-// benchPipeline is a running pipeline: in this process or a child.
-type benchPipeline struct {
+// runningPipeline is a started pipeline: in this process or a child.
+type runningPipeline struct {
 	stop func() error
 	// pid of the child process; 0 when in process.
 	pid int
@@ -45,10 +45,10 @@ type benchPipeline struct {
 	seamErrors func() int64
 }
 
-// benchExecute runs one pipeline on a fresh environment and measures it.
-func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline string, child bool, prof *benchProfiler) *benchRunResult {
-	res := &benchRunResult{Pipeline: pipeline, Concurrency: s.Concurrency, Published: s.Events}
-	fail := func(err error) *benchRunResult {
+// execute runs one pipeline on a fresh environment and measures it.
+func execute(ctx context.Context, o options, s scenario, pipeline string, child bool, prof *profiler) *runResult {
+	res := &runResult{Pipeline: pipeline, Concurrency: s.Concurrency, Published: s.Events}
+	fail := func(err error) *runResult {
 		res.Error = err.Error()
 		return res
 	}
@@ -57,11 +57,11 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout+60*time.Second)
 	defer cancel()
 
-	ev, err := newBenchEvents(s.Events)
+	ev, err := newEventSet(s.Events)
 	if err != nil {
 		return fail(err)
 	}
-	env, err := startBenchEnv(ctx, s, ev)
+	env, err := startEnvironment(ctx, s, ev)
 	if err != nil {
 		return fail(err)
 	}
@@ -73,7 +73,7 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 	}
 	var stopObserving func()
 	switch {
-	case pipeline == benchKeyworker:
+	case pipeline == pipelineKeyworker:
 		stopObserving, err = env.observeOutcomes(ev)
 	case child:
 		stopObserving, err = env.observeChildAcks(ev)
@@ -87,16 +87,16 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 
 	// Memory: start from a clean heap and reset the peak, so the peak is
 	// this run's (the kernel keeps one high-water mark per process).
-	benchFreeMemory()
+	freeMemory()
 	res.RSSScope = "bench process"
-	res.BaselineRSS = benchProcStatus("self", "VmRSS")
-	res.LoadAvg = benchLoadAvg()
-	res.PeakReset = benchResetPeakRSS()
+	res.BaselineRSS = procStatus("self", "VmRSS")
+	res.LoadAvg = loadAvg()
+	res.PeakReset = resetPeakRSS()
 
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
-	var p *benchPipeline
-	if pipeline == benchKeyworker && !child {
+	var p *runningPipeline
+	if pipeline == pipelineKeyworker && !child {
 		if err := prof.startCPU(s.ID); err != nil {
 			return fail(err)
 		}
@@ -104,12 +104,12 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 	}
 	switch {
 	case child:
-		p, err = startBenchChild(runCtx, o.exe, env, s, pipeline)
+		p, err = startChild(runCtx, o.exe, env, s, pipeline)
 		res.RSSScope = "worker process"
-	case pipeline == benchKeyworker:
-		p, err = startBenchKeyworker(runCtx, env)
+	case pipeline == pipelineKeyworker:
+		p, err = startKeyworker(runCtx, env)
 	default:
-		p, err = startBenchFloor(runCtx, env, ev)
+		p, err = startFloor(runCtx, env, ev)
 	}
 	if err != nil {
 		return fail(err)
@@ -118,8 +118,8 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 	if p.pid != 0 {
 		procID = strconv.Itoa(p.pid)
 	}
-	cpuBefore := benchCPUTime(procID)
-	waitBefore, waitKnown := benchCPUPressure()
+	cpuBefore := cpuTime(procID)
+	waitBefore, waitKnown := cpuPressure()
 	start := time.Now()
 	offered := make(chan error, 1)
 	if s.OfferedRate > 0 {
@@ -147,15 +147,15 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 	end := time.Unix(0, ev.lastSeen.Load())
 
 	// Measure before stopping: the pipeline is at its fullest now.
-	cpu := benchCPUTime(procID) - cpuBefore
-	if waitAfter, ok := benchCPUPressure(); ok && waitKnown {
+	cpu := cpuTime(procID) - cpuBefore
+	if waitAfter, ok := cpuPressure(); ok && waitKnown {
 		res.CPUWait = float64(waitAfter-waitBefore) / float64(time.Since(start))
 	}
-	res.PeakRSS = benchProcStatus(procID, "VmHWM")
+	res.PeakRSS = procStatus(procID, "VmHWM")
 	if p.pid != 0 {
 		res.BaselineRSS = 0
 	}
-	if pipeline == benchKeyworker && !child {
+	if pipeline == pipelineKeyworker && !child {
 		prof.finishCPU()
 		if err := prof.writeHeap(s.ID); err != nil {
 			res.Error = err.Error()
@@ -190,7 +190,7 @@ func benchExecute(ctx context.Context, o benchOptions, s benchScenario, pipeline
 }
 
 // measure fills in the figures from what was observed.
-func (r *benchRunResult) measure(ev *benchEvents, env *benchEnv, start, end time.Time) {
+func (r *runResult) measure(ev *eventSet, env *environment, start, end time.Time) {
 	r.Events = int(ev.observed.Load())
 	r.DeadLetters = int(ev.deadLetters.Load())
 	r.Skipped = int(ev.skipped.Load())
@@ -217,15 +217,15 @@ func (r *benchRunResult) measure(ev *benchEvents, env *benchEnv, start, end time
 		e2e = append(e2e, d)
 		added = append(added, max(0, d-time.Duration(ev.insideSeam[i].Load())))
 	}
-	r.SteadyEventsPerSec = benchSteadyRate(seenAt)
-	r.E2E = benchLatencies(e2e)
-	r.Added = benchLatencies(added)
+	r.SteadyEventsPerSec = steadyRate(seenAt)
+	r.E2E = latencies(e2e)
+	r.Added = latencies(added)
 }
 
-// startBenchKeyworker runs keyworker's pipeline in this process as
+// startKeyworker runs keyworker's pipeline in this process as
 // `worker run` wires it: its own connection, a seamclient.Client, a
 // logger at info level (into io.Discard) and Prometheus metrics.
-func startBenchKeyworker(ctx context.Context, env *benchEnv) (*benchPipeline, error) {
+func startKeyworker(ctx context.Context, env *environment) (*runningPipeline, error) {
 	nc, err := nats.Connect(env.url, nats.Name("keyworker"))
 	if err != nil {
 		return nil, err
@@ -235,7 +235,7 @@ func startBenchKeyworker(ctx context.Context, env *benchEnv) (*benchPipeline, er
 		nc.Close()
 		return nil, err
 	}
-	client, err := seamclient.New(env.seamURL, benchAPIKey, seamclient.WithTimeout(env.cfg.SeamTimeout))
+	client, err := seamclient.New(env.seamURL, apiKey, seamclient.WithTimeout(env.cfg.SeamTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -249,7 +249,7 @@ func startBenchKeyworker(ctx context.Context, env *benchEnv) (*benchPipeline, er
 	}
 	ran := make(chan error, 1)
 	go func() { ran <- w.Run(ctx) }()
-	return &benchPipeline{stop: func() error {
+	return &runningPipeline{stop: func() error {
 		defer nc.Close()
 		select {
 		case err := <-ran:
@@ -260,9 +260,9 @@ func startBenchKeyworker(ctx context.Context, env *benchEnv) (*benchPipeline, er
 	}}, nil
 }
 
-// startBenchFloor runs the floor in this process; an event counts as done
+// startFloor runs the floor in this process; an event counts as done
 // when its ack is sent.
-func startBenchFloor(ctx context.Context, env *benchEnv, ev *benchEvents) (*benchPipeline, error) {
+func startFloor(ctx context.Context, env *environment, ev *eventSet) (*runningPipeline, error) {
 	nc, err := nats.Connect(env.url, nats.Name("keyworker-bench-floor"))
 	if err != nil {
 		return nil, err
@@ -272,7 +272,7 @@ func startBenchFloor(ctx context.Context, env *benchEnv, ev *benchEvents) (*benc
 		nc.Close()
 		return nil, err
 	}
-	client, err := seamclient.New(env.seamURL, benchAPIKey, seamclient.WithTimeout(env.cfg.SeamTimeout))
+	client, err := seamclient.New(env.seamURL, apiKey, seamclient.WithTimeout(env.cfg.SeamTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -280,13 +280,13 @@ func startBenchFloor(ctx context.Context, env *benchEnv, ev *benchEvents) (*benc
 	var seamErrs atomic.Int64
 	ran := make(chan error, 1)
 	go func() {
-		ran <- benchFloorLoop(ctx, js, client, env.cfg, &seamErrs, func(cred string) {
+		ran <- floorLoop(ctx, js, client, env.cfg, &seamErrs, func(cred string) {
 			if i, ok := ev.byCred[cred]; ok {
 				ev.observe(i, time.Now().UnixNano())
 			}
 		})
 	}()
-	return &benchPipeline{
+	return &runningPipeline{
 		stop: func() error {
 			defer nc.Close()
 			select {
@@ -300,13 +300,13 @@ func startBenchFloor(ctx context.Context, env *benchEnv, ev *benchEvents) (*benc
 	}, nil
 }
 
-// benchFloorLoop is the floor: the least a worker must do per event. It
+// floorLoop is the floor: the least a worker must do per event. It
 // pulls from the same durable consumer as keyworker with the same bounded
 // concurrency, decodes the event, makes one Seam call and acks, whatever
 // the call's result. No validation, idempotency, ordering, retries or
 // outcome events. acked is called after each ack. It returns when ctx ends
 // and the handlers in flight are done.
-func benchFloorLoop(ctx context.Context, js jetstream.JetStream, seam *seamclient.Client, cfg consumer.Config, seamErrs *atomic.Int64, acked func(cred string)) error {
+func floorLoop(ctx context.Context, js jetstream.JetStream, seam *seamclient.Client, cfg consumer.Config, seamErrs *atomic.Int64, acked func(cred string)) error {
 	cons, err := js.Consumer(ctx, cfg.InputStream, cfg.Durable)
 	if err != nil {
 		return err
@@ -355,15 +355,15 @@ func benchFloorLoop(ctx context.Context, js jetstream.JetStream, seam *seamclien
 	return nil
 }
 
-// benchChildFloorArg makes `worker bench` run the floor loop as a child
+// childFloorArg makes `worker bench` run the floor loop as a child
 // process, for P5: `worker bench <arg> --nats-url U --seam-endpoint U
 // --concurrency N`. It is not in the usage text.
-const benchChildFloorArg = "--internal-floor-child"
+const childFloorArg = "--internal-floor-child"
 
-// runBenchFloorChild runs the floor until ctx ends (SIGTERM), reporting
-// each ack on benchAckedSubject. It prints "ready" once consuming and
+// runFloorChild runs the floor until ctx ends (SIGTERM), reporting
+// each ack on ackedSubject. It prints "ready" once consuming and
 // "seam_errors=N" at the end.
-func runBenchFloorChild(ctx context.Context, args []string, stdout io.Writer) error {
+func runFloorChild(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench floor", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	url := fs.String("nats-url", "", "")
@@ -381,44 +381,44 @@ func runBenchFloorChild(ctx context.Context, args []string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
-	client, err := seamclient.New(*seamURL, benchAPIKey)
+	client, err := seamclient.New(*seamURL, apiKey)
 	if err != nil {
 		return err
 	}
-	cfg := benchConsumerConfig(*concurrency)
+	cfg := consumerConfig(*concurrency)
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "ready")
 	var seamErrs atomic.Int64
-	err = benchFloorLoop(ctx, js, client, cfg, &seamErrs, func(cred string) {
-		_ = nc.Publish(benchAckedSubject, []byte(cred))
+	err = floorLoop(ctx, js, client, cfg, &seamErrs, func(cred string) {
+		_ = nc.Publish(ackedSubject, []byte(cred))
 	})
 	_ = nc.Flush()
 	fmt.Fprintf(stdout, "seam_errors=%d\n", seamErrs.Load())
 	return err
 }
 
-// startBenchChild runs a pipeline in a child process, so that its peak
+// startChild runs a pipeline in a child process, so that its peak
 // RSS is its own: keyworker as `worker run` against the bench's NATS
-// server and Seam fake, the floor as runBenchFloorChild. The clock starts
+// server and Seam fake, the floor as runFloorChild. The clock starts
 // once the child says it is consuming.
-func startBenchChild(ctx context.Context, exe string, env *benchEnv, s benchScenario, pipeline string) (*benchPipeline, error) {
+func startChild(ctx context.Context, exe string, env *environment, s scenario, pipeline string) (*runningPipeline, error) {
 	conc := strconv.Itoa(s.Concurrency)
 	var args []string
-	out := newBenchMarker("ready")
-	errOut := newBenchMarker("keyworker ready")
+	out := newChildOutput("ready")
+	errOut := newChildOutput("keyworker ready")
 	ready := out
-	if pipeline == benchKeyworker {
-		args = []string{"run", "--nats-url", env.url, "--seam-endpoint", env.seamURL, "--seam-api-key", benchAPIKey,
+	if pipeline == pipelineKeyworker {
+		args = []string{"run", "--nats-url", env.url, "--seam-endpoint", env.seamURL, "--seam-api-key", apiKey,
 			"--http-addr=", "--concurrency", conc, "--log-level", "info", "--log-format", "json",
 			"--shutdown-grace", env.cfg.ShutdownGrace.String()}
 		ready = errOut
 	} else {
-		args = []string{"bench", benchChildFloorArg, "--nats-url", env.url, "--seam-endpoint", env.seamURL, "--concurrency", conc}
+		args = []string{"bench", childFloorArg, "--nats-url", env.url, "--seam-endpoint", env.seamURL, "--concurrency", conc}
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = benchChildEnv()
+	cmd.Env = childEnv()
 	cmd.Stdout, cmd.Stderr = out, errOut
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start child: %w", err)
@@ -452,8 +452,8 @@ func startBenchChild(ctx context.Context, exe string, env *benchEnv, s benchScen
 		<-exited
 		return nil, ctx.Err()
 	}
-	p := &benchPipeline{stop: stop, pid: cmd.Process.Pid}
-	if pipeline == benchFloor {
+	p := &runningPipeline{stop: stop, pid: cmd.Process.Pid}
+	if pipeline == pipelineFloor {
 		p.seamErrors = func() int64 {
 			_, after, _ := strings.Cut(out.tail(), "seam_errors=")
 			n, _ := strconv.ParseInt(strings.TrimSpace(after), 10, 64)
@@ -463,9 +463,9 @@ func startBenchChild(ctx context.Context, exe string, env *benchEnv, s benchScen
 	return p, nil
 }
 
-// benchChildEnv is this process's environment without the worker's own
+// childEnv is this process's environment without the worker's own
 // variables: the child's configuration comes from its flags only.
-func benchChildEnv() []string {
+func childEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
@@ -478,9 +478,9 @@ func benchChildEnv() []string {
 	return env
 }
 
-// benchMarker is a child's output: it keeps the last few KiB and closes
+// childOutput is a child's output: it keeps the last few KiB and closes
 // seen when marker first appears.
-type benchMarker struct {
+type childOutput struct {
 	marker []byte
 	seen   chan struct{}
 	mu     sync.Mutex
@@ -488,11 +488,11 @@ type benchMarker struct {
 	found  bool
 }
 
-func newBenchMarker(marker string) *benchMarker {
-	return &benchMarker{marker: []byte(marker), seen: make(chan struct{})}
+func newChildOutput(marker string) *childOutput {
+	return &childOutput{marker: []byte(marker), seen: make(chan struct{})}
 }
 
-func (m *benchMarker) Write(p []byte) (int, error) {
+func (m *childOutput) Write(p []byte) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.buf = append(m.buf, p...)
@@ -506,7 +506,7 @@ func (m *benchMarker) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (m *benchMarker) tail() string {
+func (m *childOutput) tail() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := string(m.buf)

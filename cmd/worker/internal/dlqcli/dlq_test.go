@@ -21,7 +21,7 @@ import (
 )
 
 func TestDLQReplay_ReplaysExactlyTheRetriesExhaustedDeadLettersOnceSeamRecovers(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	e.startWorker()
 	events, dls := e.deadLetter(10, "evt")
 	// An invalid event dead-letters too, with another kind: it must not be replayed.
@@ -86,7 +86,7 @@ func TestDLQReplay_ReplaysExactlyTheRetriesExhaustedDeadLettersOnceSeamRecovers(
 }
 
 func TestDLQReplay_DryRunPublishesNothingAndRateSpacesPublishes(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	e.startWorker()
 	const n = 6
 	_, dls := e.deadLetter(n, "evt")
@@ -130,7 +130,7 @@ func TestDLQReplay_DryRunPublishesNothingAndRateSpacesPublishes(t *testing.T) {
 }
 
 func TestDLQReplay_SkipsAnEventThatCompletedAndRefusesAFourthReplay(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	e.startWorker()
 	e.deadLetter(2, "evt")
 	e.failing.Store(false)
@@ -186,7 +186,7 @@ const pinCredential = `{"acs_credential_id":"66666666-6666-4666-8666-66666666660
 	`"code":"482913","access_method":"code","card_number":"99887766","is_managed":true}`
 
 func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	ctx := context.Background()
 	orig := []byte(`{"specversion":"1.0","id":"evt-pin","source":"pms://test","type":"guest.checked_in","time":"2026-01-01T10:00:00Z",` +
 		`"data":{"acs_credential_id":"66666666-6666-4666-8666-666666666601","acs_user_id":"33333333-3333-4333-8333-333333333301"}}`)
@@ -241,7 +241,7 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 }
 
 func TestDLQPurge_DeletesMatchingDeadLettersOnlyWithYes(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	e.startWorker()
 	e.deadLetter(3, "evt")
 	if _, err := cli.PublishEvent(context.Background(), e.js, schemas.SubjectCheckedOut, []byte(`not json`), ""); err != nil {
@@ -267,7 +267,7 @@ func TestDLQPurge_DeletesMatchingDeadLettersOnlyWithYes(t *testing.T) {
 }
 
 func TestDLQ_EveryCommandHasHelpWithAnExample(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	for _, args := range [][]string{
 		{"dlq", "--help"}, {"dlq", "list", "--help"}, {"dlq", "show", "--help"},
 		{"dlq", "replay", "--help"}, {"dlq", "purge", "--help"}, {"status", "--help"},
@@ -280,7 +280,7 @@ func TestDLQ_EveryCommandHasHelpWithAnExample(t *testing.T) {
 }
 
 func TestDLQ_BadFlagsExitTwoWithOneLine(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -339,13 +339,13 @@ func TestDLQParseWhen_AcceptsRFC3339AndDurationsAgo(t *testing.T) {
 		"90m":                       now.Add(-90 * time.Minute),
 		"7d":                        now.Add(-7 * 24 * time.Hour),
 	} {
-		got, err := dlqParseWhen(in, now)
+		got, err := parseWhen(in, now)
 		if err != nil || !got.Equal(want) {
 			t.Errorf("%q: %v, %v; want %v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"yesterday", "-1h", "2026-11-01", "xd"} {
-		if _, err := dlqParseWhen(in, now); err == nil {
+		if _, err := parseWhen(in, now); err == nil {
 			t.Errorf("%q: no error", in)
 		}
 	}
@@ -353,7 +353,7 @@ func TestDLQParseWhen_AcceptsRFC3339AndDurationsAgo(t *testing.T) {
 
 func TestDLQProgress_OffATerminalPrintsEveryDeadLetterAndLogsProgress(t *testing.T) {
 	var out, errb, logs strings.Builder
-	p := newDLQProgress(&out, &errb, zerolog.New(&logs), 3, false)
+	p := newProgress(&out, &errb, zerolog.New(&logs), 3, false)
 	p.every = 0 // log at every step instead of every few seconds
 	p.result(dlq.Result{Sequence: 7, OriginalSubject: schemas.SubjectCheckedIn, SourceEventID: "a", Action: dlq.ActionReplayed, InputSequence: 40})
 	p.result(dlq.Result{Sequence: 8, OriginalSubject: schemas.SubjectCheckedIn, SourceEventID: "b", Action: dlq.ActionSkipped, Err: fmt.Errorf("%w: outcome credential.assigned", dlq.ErrCompleted)})

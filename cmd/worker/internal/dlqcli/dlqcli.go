@@ -14,7 +14,7 @@ import (
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
-const dlqUsage = `Usage: worker dlq list|show|replay|purge [flags]
+const usage = `Usage: worker dlq list|show|replay|purge [flags]
 
 Dead letters are events keyworker gave up on, kept in the DEAD_LETTERS
 stream with everything needed to replay them.
@@ -35,35 +35,35 @@ Example:
 // Run dispatches `worker dlq` subcommands.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, dlqUsage)
+		fmt.Fprint(stderr, usage)
 		return &cli.UsageError{Msg: "dlq: say list, show, replay or purge (worker dlq --help)"}
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
 	case "list":
-		return dlqList(ctx, args, stdout, stderr)
+		return list(ctx, args, stdout, stderr)
 	case "show":
-		return dlqShow(ctx, args, stdout, stderr)
+		return show(ctx, args, stdout, stderr)
 	case "replay":
-		return dlqReplay(ctx, args, stdin, stdout, stderr)
+		return replay(ctx, args, stdin, stdout, stderr)
 	case "purge":
-		return dlqPurge(ctx, args, stdout, stderr)
+		return purge(ctx, args, stdout, stderr)
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, dlqUsage)
+		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	return &cli.UsageError{Msg: fmt.Sprintf("dlq: unknown subcommand %q: say list, show, replay or purge", cmd)}
 }
 
-// dlqSession is an open connection and a dlq.Queue on the default layout.
-type dlqSession struct {
+// session is an open connection and a dlq.Queue on the default layout.
+type session struct {
 	conn *cli.Conn
 	q    *dlq.Queue
 	log  zerolog.Logger
 }
 
-// dlqConnect connects as cf says and opens the dead-letter queue.
-func dlqConnect(ctx context.Context, cf *cli.ConfigFlags, stderr io.Writer, name string) (*dlqSession, error) {
+// connect connects as cf says and opens the dead-letter queue.
+func connect(ctx context.Context, cf *cli.ConfigFlags, stderr io.Writer, name string) (*session, error) {
 	log := cli.NewLogger(cf.Config(), stderr)
 	conn, err := cli.Connect(ctx, cf.Config(), log, name, false)
 	if err != nil {
@@ -74,7 +74,7 @@ func dlqConnect(ctx context.Context, cf *cli.ConfigFlags, stderr io.Writer, name
 		conn.Close()
 		return nil, err
 	}
-	return &dlqSession{conn: conn, q: q, log: log}, nil
+	return &session{conn: conn, q: q, log: log}, nil
 }
 
-func (s *dlqSession) Close() { s.conn.Close() }
+func (s *session) Close() { s.conn.Close() }

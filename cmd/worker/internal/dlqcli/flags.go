@@ -15,15 +15,15 @@ import (
 	"github.com/keyworker/keyworker/schemas"
 )
 
-// dlqRegisterConfig registers the NATS connection settings of an operator
+// registerConfig registers the NATS connection settings of an operator
 // command (dlq, status).
-func dlqRegisterConfig(fs *flag.FlagSet) *cli.ConfigFlags {
+func registerConfig(fs *flag.FlagSet) *cli.ConfigFlags {
 	return cli.RegisterConfig(fs, false)
 }
 
-// dlqParse parses args, which may mix flags and positional arguments
+// parseArgs parses args, which may mix flags and positional arguments
 // (`dlq show 12 --reveal`), and returns the positional ones.
-func dlqParse(fs *flag.FlagSet, cf *cli.ConfigFlags, args []string) ([]string, error) {
+func parseArgs(fs *flag.FlagSet, cf *cli.ConfigFlags, args []string) ([]string, error) {
 	var flags, positional []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -56,13 +56,13 @@ func isBoolFlag(f *flag.Flag) bool {
 	return ok && b.IsBoolFlag()
 }
 
-// dlqFilterFlags are the selection flags shared by list, replay and purge.
-type dlqFilterFlags struct {
+// filterFlags are the selection flags shared by list, replay and purge.
+type filterFlags struct {
 	subject, since, until, kind, seamType, id string
 	limit                                     int
 }
 
-func (f *dlqFilterFlags) register(fs *flag.FlagSet) {
+func (f *filterFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.subject, "subject", "", "original subject: guest.checked_in or guest.checked_out (checkin, checkout)")
 	fs.StringVar(&f.since, "since", "", "dead-lettered at or after: RFC 3339 time, or a duration ago such as 2h or 7d")
 	fs.StringVar(&f.until, "until", "", "dead-lettered at or before: RFC 3339 time, or a duration ago such as 30m")
@@ -73,7 +73,7 @@ func (f *dlqFilterFlags) register(fs *flag.FlagSet) {
 }
 
 // filter turns the flags into a dlq.Filter; errors are usage errors.
-func (f *dlqFilterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
+func (f *filterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 	out := dlq.Filter{ErrorKind: f.kind, SeamErrorType: f.seamType, SourceEventID: f.id, Limit: f.limit}
 	switch s := strings.TrimPrefix(f.subject, schemas.DeadLetterPrefix); s {
 	case "checkin", "checked_in":
@@ -84,10 +84,10 @@ func (f *dlqFilterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 		out.Subject = s
 	}
 	var err error
-	if out.Since, err = dlqParseWhen(f.since, now); err != nil {
+	if out.Since, err = parseWhen(f.since, now); err != nil {
 		return out, &cli.UsageError{Msg: cmd + ": --since: " + err.Error()}
 	}
-	if out.Until, err = dlqParseWhen(f.until, now); err != nil {
+	if out.Until, err = parseWhen(f.until, now); err != nil {
 		return out, &cli.UsageError{Msg: cmd + ": --until: " + err.Error()}
 	}
 	if err := out.Validate(); err != nil {
@@ -96,9 +96,9 @@ func (f *dlqFilterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 	return out, nil
 }
 
-// dlqParseWhen reads an RFC 3339 time, or a duration meaning that long
+// parseWhen reads an RFC 3339 time, or a duration meaning that long
 // before now (Go syntax such as 90m or 2h, plus whole days such as 7d).
-func dlqParseWhen(s string, now time.Time) (time.Time, error) {
+func parseWhen(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
@@ -124,9 +124,9 @@ func dlqParseWhen(s string, now time.Time) (time.Time, error) {
 	return now.Add(-d), nil
 }
 
-// dlqOpen is the common start of list, replay and purge: no positional
+// open is the common start of list, replay and purge: no positional
 // arguments, a valid filter, a connection.
-func dlqOpen(ctx context.Context, cmd, client string, ff *dlqFilterFlags, cf *cli.ConfigFlags, rest []string, stderr io.Writer) (*dlqSession, dlq.Filter, error) {
+func open(ctx context.Context, cmd, client string, ff *filterFlags, cf *cli.ConfigFlags, rest []string, stderr io.Writer) (*session, dlq.Filter, error) {
 	if len(rest) > 0 {
 		return nil, dlq.Filter{}, &cli.UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q (filters are flags, see --help)", cmd, rest[0])}
 	}
@@ -134,7 +134,7 @@ func dlqOpen(ctx context.Context, cmd, client string, ff *dlqFilterFlags, cf *cl
 	if err != nil {
 		return nil, dlq.Filter{}, err
 	}
-	s, err := dlqConnect(ctx, cf, stderr, client)
+	s, err := connect(ctx, cf, stderr, client)
 	if err != nil {
 		return nil, dlq.Filter{}, err
 	}

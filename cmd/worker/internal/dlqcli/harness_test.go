@@ -25,11 +25,11 @@ import (
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
-// dlqTestEnv is an embedded JetStream server with the keyworker layout, a
+// testEnv is an embedded JetStream server with the keyworker layout, a
 // Seam fake that can be switched to answer 503, and a real worker running
 // in process. The CLI is driven through runCLI with NATS_URL pointing at
 // the server.
-type dlqTestEnv struct {
+type testEnv struct {
 	t       *testing.T
 	url     string
 	js      jetstream.JetStream
@@ -40,9 +40,9 @@ type dlqTestEnv struct {
 	stop    func()      // stops the worker, if one runs
 }
 
-// dlqTestConfig dead-letters an event still failing after two deliveries
+// testConfig dead-letters an event still failing after two deliveries
 // of a short in-process retry budget: retries_exhausted in well under a second.
-func dlqTestConfig() consumer.Config {
+func testConfig() consumer.Config {
 	return consumer.Config{
 		Concurrency:  16,
 		MaxDeliver:   2,
@@ -58,7 +58,7 @@ func dlqTestConfig() consumer.Config {
 	}
 }
 
-func newDLQTestEnv(t *testing.T) *dlqTestEnv {
+func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
 	_, url := embedded.StartTest(t)
 	t.Setenv("NATS_URL", url)
@@ -73,14 +73,14 @@ func newDLQTestEnv(t *testing.T) *dlqTestEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := dlqTestConfig()
+	cfg := testConfig()
 	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	e := &dlqTestEnv{t: t, url: url, js: js, cfg: cfg, fake: seamtest.New(seamtest.WithAutoCreate()), stop: func() {}}
+	e := &testEnv{t: t, url: url, js: js, cfg: cfg, fake: seamtest.New(seamtest.WithAutoCreate()), stop: func() {}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if e.failing.Load() {
 			w.Header().Set("Content-Type", "application/json")
@@ -97,7 +97,7 @@ func newDLQTestEnv(t *testing.T) *dlqTestEnv {
 
 // startWorker runs a real consumer.Worker on its own connection until
 // e.stop is called or the test ends.
-func (e *dlqTestEnv) startWorker() {
+func (e *testEnv) startWorker() {
 	e.t.Helper()
 	nc, err := nats.Connect(e.url)
 	if err != nil {
@@ -136,7 +136,7 @@ type checkIn struct {
 }
 
 // publishCheckIns publishes n valid check-ins, each for its own credential.
-func (e *dlqTestEnv) publishCheckIns(n int, prefix string) []checkIn {
+func (e *testEnv) publishCheckIns(n int, prefix string) []checkIn {
 	e.t.Helper()
 	out := make([]checkIn, 0, n)
 	for i := range n {
@@ -155,7 +155,7 @@ func (e *dlqTestEnv) publishCheckIns(n int, prefix string) []checkIn {
 }
 
 // streamMsgs reads every message of a stream.
-func (e *dlqTestEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
+func (e *testEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
 	e.t.Helper()
 	ctx := context.Background()
 	s, err := e.js.Stream(ctx, stream)
@@ -175,7 +175,7 @@ func (e *dlqTestEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
 }
 
 // waitStream waits until stream holds at least n messages and returns them.
-func (e *dlqTestEnv) waitStream(stream string, n int, within time.Duration) []*jetstream.RawStreamMsg {
+func (e *testEnv) waitStream(stream string, n int, within time.Duration) []*jetstream.RawStreamMsg {
 	e.t.Helper()
 	var msgs []*jetstream.RawStreamMsg
 	embedded.WaitFor(e.t, within, func() error {
@@ -189,7 +189,7 @@ func (e *dlqTestEnv) waitStream(stream string, n int, within time.Duration) []*j
 }
 
 // lastSeq is the last sequence of a stream.
-func (e *dlqTestEnv) lastSeq(stream string) uint64 {
+func (e *testEnv) lastSeq(stream string) uint64 {
 	e.t.Helper()
 	s, err := e.js.Stream(context.Background(), stream)
 	if err != nil {
@@ -217,7 +217,7 @@ type cliResult struct {
 }
 
 // cli runs the worker command in process, with an empty, non-terminal stdin.
-func (e *dlqTestEnv) cli(args ...string) cliResult {
+func (e *testEnv) cli(args ...string) cliResult {
 	e.t.Helper()
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -227,7 +227,7 @@ func (e *dlqTestEnv) cli(args ...string) cliResult {
 }
 
 // mustCLI runs the command and fails the test if it returns an error.
-func (e *dlqTestEnv) mustCLI(args ...string) cliResult {
+func (e *testEnv) mustCLI(args ...string) cliResult {
 	e.t.Helper()
 	r := e.cli(args...)
 	if r.err != nil {
@@ -237,7 +237,7 @@ func (e *dlqTestEnv) mustCLI(args ...string) cliResult {
 }
 
 // listJSON runs `dlq list --json` with extra flags and decodes the rows.
-func (e *dlqTestEnv) listJSON(flags ...string) []map[string]any {
+func (e *testEnv) listJSON(flags ...string) []map[string]any {
 	e.t.Helper()
 	r := e.mustCLI(append([]string{"dlq", "list", "--json"}, flags...)...)
 	var rows []map[string]any
@@ -250,7 +250,7 @@ func (e *dlqTestEnv) listJSON(flags ...string) []map[string]any {
 // deadLetter publishes n check-ins while the fake answers 503, and waits
 // until each has its retries_exhausted dead letter. It returns the events
 // and the dead-letter messages.
-func (e *dlqTestEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.RawStreamMsg) {
+func (e *testEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.RawStreamMsg) {
 	e.t.Helper()
 	e.failing.Store(true)
 	before := len(e.streamMsgs(e.cfg.DeadLetterStream))
@@ -260,7 +260,7 @@ func (e *dlqTestEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.R
 }
 
 // results decodes the credential results of the given subject.
-func (e *dlqTestEnv) results(subject string) []schemas.CredentialResult {
+func (e *testEnv) results(subject string) []schemas.CredentialResult {
 	e.t.Helper()
 	var out []schemas.CredentialResult
 	for _, m := range e.streamMsgs(e.cfg.ResultsStream) {

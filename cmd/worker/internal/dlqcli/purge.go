@@ -9,7 +9,7 @@ import (
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 )
 
-const dlqPurgeUsage = `Usage: worker dlq purge [filters] --yes
+const purgeUsage = `Usage: worker dlq purge [filters] --yes
 
 Deletes the matching dead letters from the dead-letter stream, for good.
 Without filters it deletes every dead letter. Without --yes it only says how
@@ -21,17 +21,18 @@ Example:
 Flags:
 `
 
-func dlqPurge(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// purge is `worker dlq purge`.
+func purge(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dlq purge", flag.ContinueOnError)
-	cf := dlqRegisterConfig(fs)
-	var ff dlqFilterFlags
+	cf := registerConfig(fs)
+	var ff filterFlags
 	ff.register(fs)
 	yes := fs.Bool("yes", false, "delete the matching dead letters")
-	rest, err := dlqParse(fs, cf, args)
+	rest, err := parseArgs(fs, cf, args)
 	if err != nil {
-		return cli.HelpOr(err, fs, dlqPurgeUsage, stdout)
+		return cli.HelpOr(err, fs, purgeUsage, stdout)
 	}
-	s, f, err := dlqOpen(ctx, "dlq purge", "keyworker-dlq-purge", &ff, cf, rest, stderr)
+	s, f, err := open(ctx, "dlq purge", "keyworker-dlq-purge", &ff, cf, rest, stderr)
 	if err != nil {
 		return err
 	}

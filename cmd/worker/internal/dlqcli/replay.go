@@ -18,7 +18,7 @@ import (
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
-const dlqReplayUsage = `Usage: worker dlq replay [filters] [--dry-run] [--rate N] [--yes] [--force]
+const replayUsage = `Usage: worker dlq replay [filters] [--dry-run] [--rate N] [--yes] [--force]
 
 Re-publishes the original event of each matching dead letter, byte for byte,
 to its original subject with the header Keyworker-Replay-Of: <dead-letter
@@ -36,27 +36,28 @@ Example:
 Flags:
 `
 
-// dlqProgressEvery is how often a replay reports progress when stderr is
+// progressEvery is how often a replay reports progress when stderr is
 // not a terminal.
-const dlqProgressEvery = 5 * time.Second
+const progressEvery = 5 * time.Second
 
-func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+// replay is `worker dlq replay`.
+func replay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("dlq replay", flag.ContinueOnError)
-	cf := dlqRegisterConfig(fs)
-	var ff dlqFilterFlags
+	cf := registerConfig(fs)
+	var ff filterFlags
 	ff.register(fs)
 	dryRun := fs.Bool("dry-run", false, "print what would be replayed; publish nothing")
 	rate := fs.Float64("rate", 0, "events per second, e.g. 5 (0: as fast as NATS takes them)")
 	yes := fs.Bool("yes", false, "replay without asking")
 	force := fs.Bool("force", false, "replay events past the loop guard (replayed 3 times already)")
-	rest, err := dlqParse(fs, cf, args)
+	rest, err := parseArgs(fs, cf, args)
 	if err != nil {
-		return cli.HelpOr(err, fs, dlqReplayUsage, stdout)
+		return cli.HelpOr(err, fs, replayUsage, stdout)
 	}
 	if *rate < 0 {
 		return &cli.UsageError{Msg: fmt.Sprintf("dlq replay: --rate %v must not be negative", *rate)}
 	}
-	s, f, err := dlqOpen(ctx, "dlq replay", "keyworker-dlq-replay", &ff, cf, rest, stderr)
+	s, f, err := open(ctx, "dlq replay", "keyworker-dlq-replay", &ff, cf, rest, stderr)
 	if err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return nil
 	}
 	if !*dryRun && !*yes {
-		ok, err := dlqConfirm(stdin, stderr, fmt.Sprintf("Replay %d dead letters?", len(entries)))
+		ok, err := confirm(stdin, stderr, fmt.Sprintf("Replay %d dead letters?", len(entries)))
 		if err != nil {
 			return &cli.UsageError{Msg: fmt.Sprintf("dlq replay: %d dead letters match; %v", len(entries), err)}
 		}
@@ -80,7 +81,7 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 	}
 
-	prog := newDLQProgress(stdout, stderr, s.log, len(entries), *dryRun)
+	prog := newProgress(stdout, stderr, s.log, len(entries), *dryRun)
 	opts := dlq.ReplayOptions{DryRun: *dryRun, Rate: *rate, Force: *force, OnResult: prog.result}
 	rep, err := s.q.Replay(ctx, entries, opts)
 	prog.finish()
@@ -98,10 +99,10 @@ func dlqReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	return nil
 }
 
-// dlqConfirm asks a yes/no question on a terminal. When stdin is not a
+// confirm asks a yes/no question on a terminal. When stdin is not a
 // terminal it refuses: a script must say --yes.
-func dlqConfirm(stdin io.Reader, stderr io.Writer, question string) (bool, error) {
-	if !dlqIsTerminal(stdin) {
+func confirm(stdin io.Reader, stderr io.Writer, question string) (bool, error) {
+	if !isTerminal(stdin) {
 		return false, errors.New("pass --yes to go ahead (stdin is not a terminal to ask)")
 	}
 	fmt.Fprintf(stderr, "%s [y/N] ", question)
@@ -113,11 +114,11 @@ func dlqConfirm(stdin io.Reader, stderr io.Writer, question string) (bool, error
 	return answer == "y" || answer == "yes", nil
 }
 
-// dlqProgress reports a replay as it goes. With stderr on a terminal it
+// progress reports a replay as it goes. With stderr on a terminal it
 // keeps one progress line there, and when stdout is on the terminal too it
 // prints only the dead letters that were not replayed; otherwise it prints
 // a line per dead letter and logs progress every few seconds.
-type dlqProgress struct {
+type progress struct {
 	stdout, stderr io.Writer
 	log            zerolog.Logger
 	tty            bool // stderr is a terminal
@@ -129,25 +130,25 @@ type dlqProgress struct {
 	last           time.Time
 }
 
-func newDLQProgress(stdout, stderr io.Writer, log zerolog.Logger, total int, dryRun bool) *dlqProgress {
-	tty := dlqIsTerminal(stderr)
-	return &dlqProgress{
+func newProgress(stdout, stderr io.Writer, log zerolog.Logger, total int, dryRun bool) *progress {
+	tty := isTerminal(stderr)
+	return &progress{
 		stdout: stdout, stderr: stderr, log: log,
-		tty: tty, quietReplayed: tty && dlqIsTerminal(stdout),
+		tty: tty, quietReplayed: tty && isTerminal(stdout),
 		dryRun: dryRun, total: total,
 		counts: map[dlq.Action]int{},
-		every:  dlqProgressEvery,
+		every:  progressEvery,
 		last:   time.Now(),
 	}
 }
 
-// dlqIsTerminal reports whether v is a terminal.
-func dlqIsTerminal(v any) bool {
+// isTerminal reports whether v is a terminal.
+func isTerminal(v any) bool {
 	f, ok := v.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-func (p *dlqProgress) result(r dlq.Result) {
+func (p *progress) result(r dlq.Result) {
 	p.done++
 	p.counts[r.Action]++
 	quiet := p.quietReplayed && r.Action == dlq.ActionReplayed
@@ -155,7 +156,7 @@ func (p *dlqProgress) result(r dlq.Result) {
 		if p.tty {
 			fmt.Fprint(p.stderr, "\r\033[K")
 		}
-		fmt.Fprintln(p.stdout, dlqResultLine(r))
+		fmt.Fprintln(p.stdout, resultLine(r))
 	}
 	now := time.Now()
 	switch {
@@ -169,7 +170,7 @@ func (p *dlqProgress) result(r dlq.Result) {
 	}
 }
 
-func (p *dlqProgress) line() string {
+func (p *progress) line() string {
 	verb := "replayed"
 	n := p.counts[dlq.ActionReplayed]
 	if p.dryRun {
@@ -178,19 +179,19 @@ func (p *dlqProgress) line() string {
 	return fmt.Sprintf("%d/%d: %s %d, skipped %d, failed %d", p.done, p.total, verb, n, p.counts[dlq.ActionSkipped], p.counts[dlq.ActionFailed])
 }
 
-func (p *dlqProgress) finish() {
+func (p *progress) finish() {
 	if p.tty && p.done > 0 {
 		fmt.Fprint(p.stderr, "\r\033[K")
 	}
 }
 
-// dlqResultLine is one dead letter's fate, for people.
-func dlqResultLine(r dlq.Result) string {
+// resultLine is one dead letter's fate, for people.
+func resultLine(r dlq.Result) string {
 	id := r.SourceEventID
 	if id == "" {
 		id = "(no event id)"
 	}
-	head := fmt.Sprintf("%-12s %6d  %s  %s", strings.ReplaceAll(string(r.Action), "_", " "), r.Sequence, dlqDash(r.OriginalSubject), id)
+	head := fmt.Sprintf("%-12s %6d  %s  %s", strings.ReplaceAll(string(r.Action), "_", " "), r.Sequence, dash(r.OriginalSubject), id)
 	switch r.Action {
 	case dlq.ActionReplayed:
 		return fmt.Sprintf("%s  -> input sequence %d", head, r.InputSequence)

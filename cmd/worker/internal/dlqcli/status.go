@@ -29,16 +29,16 @@ Flags:
 // RunStatus is `worker status`.
 func RunStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	cf := dlqRegisterConfig(fs)
+	cf := registerConfig(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	rest, err := dlqParse(fs, cf, args)
+	rest, err := parseArgs(fs, cf, args)
 	if err != nil {
 		return cli.HelpOr(err, fs, statusUsage, stdout)
 	}
 	if len(rest) > 0 {
 		return &cli.UsageError{Msg: fmt.Sprintf("status: unexpected argument %q", rest[0])}
 	}
-	s, err := dlqConnect(ctx, cf, stderr, "keyworker-status")
+	s, err := connect(ctx, cf, stderr, "keyworker-status")
 	if err != nil {
 		return err
 	}

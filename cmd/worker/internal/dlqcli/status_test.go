@@ -9,7 +9,7 @@ import (
 )
 
 func TestStatus_JSONReportsThePendingEventsOfAStoppedWorker(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	const n = 7
 	e.publishCheckIns(n, "pending") // no worker runs: all pending
 
@@ -37,7 +37,7 @@ func TestStatus_JSONReportsThePendingEventsOfAStoppedWorker(t *testing.T) {
 }
 
 func TestStatus_CountsDeadLettersByKindAndIdempotencyRecords(t *testing.T) {
-	e := newDLQTestEnv(t)
+	e := newTestEnv(t)
 	e.startWorker()
 	e.deadLetter(3, "evt")
 	e.stop()
