@@ -6,10 +6,12 @@
 // The fake keeps credentials and users, applies assign and unassign with
 // Seam's one-holder semantics (by default an assign takes a held credential
 // over and an unassign by a non-holder is a no-op; WithExclusiveAssign and
-// WithStrictUnassign make both refusals instead), injects scripted or random faults, and counts
-// calls and effective state changes per (credential, user) pair, so a test
-// can prove each effect happened exactly once. It never logs, so neither the
-// API key nor a credential code can leak through it.
+// WithStrictUnassign make both refusals instead), injects scripted or
+// random faults, plays Seam's bad days (SetDown, SetRefuseKey,
+// SetRateLimit), and counts calls, answers and effective state changes per
+// (credential, user) pair, so a test can prove each effect happened exactly
+// once. It never logs, so neither the API key nor a credential code can
+// leak through it.
 package seamtest
 
 import (
@@ -28,6 +30,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/keyworker/keyworker/seamclient"
 )
@@ -108,7 +112,15 @@ type Fake struct {
 	inflight        map[string]int
 	maxInflight     int
 	requests        []RecordedRequest
-	maxRequests     int // -1: keep every request
+	maxRequests     int         // -1: keep every request
+	answers         map[int]int // by status, 0: no answer
+
+	// Seam's bad days, decided by edge.
+	down        DownMode
+	downCalls   int // calls since SetDown, for DownMixed
+	refuseKey   bool
+	limiter     *rate.Limiter // nil: no rate limit
+	rateLimited int
 }
 
 type queuedFault struct {
@@ -140,6 +152,7 @@ func New(opts ...Option) *Fake {
 		calls:      map[string]int{},
 		effects:    map[pair]int{},
 		inflight:   map[string]int{},
+		answers:    map[int]int{},
 
 		maxRequests: -1,
 	}
@@ -357,27 +370,35 @@ func (f *Fake) Requests() []RecordedRequest {
 	return out
 }
 
-// ResetCounters forgets calls, effects, recorded requests and the
-// concurrency peak; credentials, users and queued faults stay.
+// ResetCounters forgets calls, answers, effects, recorded requests and the
+// concurrency peak; credentials, users, queued faults and the bad-day
+// settings stay.
 func (f *Fake) ResetCounters() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	clear(f.calls)
 	clear(f.effects)
-	f.totalCalls, f.totalEffects, f.maxInflight = 0, 0, 0
+	clear(f.answers)
+	f.totalCalls, f.totalEffects, f.maxInflight, f.rateLimited = 0, 0, 0, 0
 	f.requests = nil
 }
 
-// ServeHTTP handles one call: record it, wait the latency, apply a fault if
-// one is due, else authenticate, validate and apply it.
-func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP handles one call: record it, let the edge refuse it on a bad
+// day, wait the latency, apply a fault if one is due, else authenticate,
+// validate and apply it.
+func (f *Fake) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	requestID := newRequestID()
-	w.Header().Set("seam-request-id", requestID)
+	rw.Header().Set("seam-request-id", requestID)
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
 	if err != nil {
 		return // the client went away
 	}
 	f.record(r, body)
+	w := &answerWriter{ResponseWriter: rw, f: f}
+	defer w.done()
+	if f.edge(w, r, requestID) {
+		return
+	}
 	if len(body) > maxRequestBody {
 		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody("payload_too_large", "Request body too large.", requestID))
 		return
