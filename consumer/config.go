@@ -37,13 +37,17 @@ type Config struct {
 	// (default 32). An event waiting out a retry delay gives its slot back
 	// until its next attempt; MaxAckPending bounds those.
 	Concurrency int
-	// MaxDeliver is the delivery count at which an event still failing
-	// transiently is dead-lettered as retries_exhausted (default 10). The
-	// server-side consumer has no MaxDeliver: the worker decides, so nothing
-	// is ever dropped without a dead letter.
+	// MaxDeliver is how many deliveries of an event may end without a
+	// decision (the worker handling it crashed, hung or was killed) before
+	// it is dead-lettered as a poison message, retries_exhausted (default
+	// 10). Seam failures, busy credentials, rate-limit waits and hand-backs
+	// at shutdown never count. The server-side consumer has no MaxDeliver:
+	// the worker decides, so nothing is ever dropped without a dead letter.
 	MaxDeliver int
-	// MaxAge dead-letters an event still failing after this long in the stream (default 24 h).
-	MaxAge time.Duration
+	// RetryFor bounds transient Seam failures by time: an event still
+	// failing this long after its first attempt is dead-lettered as
+	// retries_exhausted (default 24 h).
+	RetryFor time.Duration
 	// RetryBudget is the in-process retry time per delivery before the event
 	// is handed back with NakWithDelay (default 10 s).
 	RetryBudget time.Duration
@@ -112,7 +116,7 @@ func (c *Config) Validate() error {
 	setDefault(&c.MaxAckPending, 1024)
 	setDefault(&c.AckWait, 30*time.Second)
 	setDefault(&c.MaxDeliver, 10)
-	setDefault(&c.MaxAge, 24*time.Hour)
+	setDefault(&c.RetryFor, 24*time.Hour)
 	setDefault(&c.RetryBudget, 10*time.Second)
 	setDefault(&c.RetryInitial, 100*time.Millisecond)
 	setDefault(&c.RetryMax, 2*time.Second)

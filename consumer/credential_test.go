@@ -96,7 +96,7 @@ func TestHandle_IDsCompareWithoutRegardToCase(t *testing.T) {
 
 func TestHandle_DeadLetteredCheckOutStillMakesOlderCheckInsStale(t *testing.T) {
 	cfg := fastConfig()
-	cfg.MaxDeliver = 2
+	cfg.RetryFor = 500 * time.Millisecond // the outage outlasts it
 	cfg.RetryBudget = 100 * time.Millisecond
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
 	seam := &downSeam{SeamCaller: h.seamClient()}
@@ -140,7 +140,7 @@ func (h *harness) replay(o outcome) {
 
 func TestHandle_ReplayedDeadLettersOfAPreviousGuestLeaveTheCurrentGuestHolding(t *testing.T) {
 	cfg := crashConfig() // short leases: the check-out waits out its check-in's
-	cfg.MaxDeliver = 2
+	cfg.RetryFor = 500 * time.Millisecond // the outage outlasts it
 	cfg.RetryBudget = 100 * time.Millisecond
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
 	seam := &downSeam{SeamCaller: h.seamClient()}

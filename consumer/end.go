@@ -129,7 +129,8 @@ func (w *Worker) complete(ctx context.Context, j *job, status idempotency.Status
 }
 
 // seamFailed decides what a failed Seam call becomes: a dead letter for a
-// permanent error or a spent budget, otherwise another delivery later.
+// permanent error or once RetryFor has passed since the first attempt,
+// otherwise another delivery later.
 func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
 	var lost *leaseLostError
 	switch {
@@ -137,14 +138,12 @@ func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
 		return w.handBack(ctx, j, err, 0)
 	case errors.As(err, &lost):
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
-	case permanent(err):
-		var api *seamclient.APIError
-		if errors.As(err, &api) && (api.StatusCode == 401 || api.StatusCode == 403) {
-			w.unauthorized.Store(true)
-		}
-		return w.deadLetter(ctx, j, schemas.ErrorKindPermanent, err)
-	case int(j.meta.NumDelivered) >= w.cfg.MaxDeliver || w.now().Sub(j.meta.Timestamp) > w.cfg.MaxAge:
+	case w.retryForSpent(j) != nil:
+		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, w.retryForSpent(j))
+	case errors.As(err, new(*retryForError)):
 		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, err)
+	case permanent(err):
+		return w.deadLetter(ctx, j, schemas.ErrorKindPermanent, err)
 	}
 	delay := w.nakDelay(j.meta.NumDelivered)
 	if after, ok := seamclient.RetryAfter(err); ok && after > delay {

@@ -12,12 +12,14 @@ type PanicError struct{ Value string }
 
 func (e *PanicError) Error() string { return "consumer: handler panicked: " + e.Value }
 
-// DeliveryLimitError is the error of a dead letter written, before any
-// decoding, for a message delivered more often than Config.MaxDeliver.
-type DeliveryLimitError struct{ Deliveries int }
+// DeliveryLimitError is the error of a dead letter written for an event
+// whose deliveries ended Config.MaxDeliver times without a decision: the
+// worker handling it crashed, hung or was killed each time (a poison
+// message). Seam failures, busy credentials and hand-backs never count.
+type DeliveryLimitError struct{ Undecided int }
 
 func (e *DeliveryLimitError) Error() string {
-	return fmt.Sprintf("consumer: delivered %d times without an outcome: giving up before decoding", e.Deliveries)
+	return fmt.Sprintf("consumer: %d deliveries ended without a decision (the worker handling it crashed, hung or was killed): giving up", e.Undecided)
 }
 
 // leaseLostError means the credential lease or the claim could not be
@@ -56,3 +58,19 @@ type busyError struct {
 
 func (e *busyError) Error() string { return e.err.Error() }
 func (e *busyError) Unwrap() error { return e.err }
+
+// retryForError ends an event whose Seam calls kept failing transiently
+// for longer than Config.RetryFor since its first attempt.
+type retryForError struct {
+	since time.Time
+	last  error
+}
+
+func (e *retryForError) Error() string {
+	msg := "consumer: Seam calls kept failing since " + e.since.UTC().Format(time.RFC3339) + ": giving up (KEYWORKER_RETRY_FOR)"
+	if e.last != nil {
+		msg += ": last error: " + e.last.Error()
+	}
+	return msg
+}
+func (e *retryForError) Unwrap() error { return e.last }

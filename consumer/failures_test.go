@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,9 +88,9 @@ func TestHandle_Seam4xxDeadLettersAtOnce(t *testing.T) {
 	}
 }
 
-func TestHandle_FaultOutlastingBudgetDeadLettersRetriesExhausted(t *testing.T) {
+func TestHandle_FaultOutlastingRetryForDeadLettersRetriesExhausted(t *testing.T) {
 	cfg := fastConfig()
-	cfg.MaxDeliver = 3
+	cfg.RetryFor = time.Second
 	cfg.RetryBudget = 200 * time.Millisecond
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
 	h.seam.FailNext(1000, assignPath, seamtest.HTML(503))
@@ -97,15 +98,15 @@ func TestHandle_FaultOutlastingBudgetDeadLettersRetriesExhausted(t *testing.T) {
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "exh-1", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
 	got := h.waitOutcomes(1, 20*time.Second)
 	dl := got[0].DL
-	if dl.Error.Kind != schemas.ErrorKindRetriesExhausted || dl.Error.HTTPStatus != 503 {
-		t.Fatalf("want retries_exhausted after 503s, got %+v", dl.Error)
+	if dl.Error.Kind != schemas.ErrorKindRetriesExhausted || dl.Error.HTTPStatus != 503 || !strings.Contains(dl.Error.Message, "KEYWORKER_RETRY_FOR") {
+		t.Fatalf("want retries_exhausted after 503s for RetryFor, got %+v", dl.Error)
 	}
 	calls := h.seam.Calls(assignPath)
-	if dl.Attempts != calls || dl.Attempts < cfg.MaxDeliver {
-		t.Fatalf("attempts %d, fake saw %d calls over %d deliveries", dl.Attempts, calls, cfg.MaxDeliver)
+	if dl.Attempts != calls || dl.Attempts < 2 {
+		t.Fatalf("attempts %d, fake saw %d calls", dl.Attempts, calls)
 	}
-	if dl.Deliveries != cfg.MaxDeliver {
-		t.Fatalf("deliveries %d, want %d", dl.Deliveries, cfg.MaxDeliver)
+	if span := dl.LastAttemptAt.Sub(*dl.FirstAttemptAt); span < cfg.RetryFor/2 {
+		t.Fatalf("attempts spanned %s, want about RetryFor (%s)", span, cfg.RetryFor)
 	}
 	var req map[string]string
 	if err := json.Unmarshal(dl.Request, &req); err != nil || req["acs_credential_id"] != credA || req["acs_user_id"] != userA {
@@ -175,7 +176,7 @@ func TestHandle_HugeEventDeadLettersWithoutOriginal(t *testing.T) {
 	}
 }
 
-func TestHandle_EventWaitingOutRetryAfterDoesNotBlockOthers(t *testing.T) {
+func TestHandle_A429PausesEveryRequestOfTheProcess(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Concurrency = 1
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
@@ -183,10 +184,23 @@ func TestHandle_EventWaitingOutRetryAfterDoesNotBlockOthers(t *testing.T) {
 	h.start(1)
 	credB, userB := pairIDs(7)
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "slow", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
-	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "fast", time.Now(), schemas.GuestData{ACSCredentialID: credB, ACSUserID: userB}), "")
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "other", time.Now(), schemas.GuestData{ACSCredentialID: credB, ACSUserID: userB}), "")
 	got := h.waitOutcomes(2, 15*time.Second)
-	if got[0].sourceID() != "fast" || got[1].sourceID() != "slow" {
-		t.Fatalf("with one slot, the event behind a 2 s Retry-After must finish first: %v", subjects(got))
+	for _, o := range got {
+		if o.Subject != schemas.SubjectAssigned {
+			t.Fatalf("%s: %s", o.sourceID(), o.Subject)
+		}
+	}
+	ts := assignTimes(h)
+	if len(ts) != 3 {
+		t.Fatalf("%d assign calls, want 3 (the 429, its retry, the other event's)", len(ts))
+	}
+	// Knocking again during a rate limit gets a client throttled harder:
+	// the other event, though it took the slot the first gave back, waits too.
+	for _, at := range ts[1:] {
+		if gap := at.Sub(ts[0]); gap < 1900*time.Millisecond {
+			t.Fatalf("a call %s after a 429 with Retry-After: 2", gap)
+		}
 	}
 }
 

@@ -19,17 +19,18 @@ import (
 // Handle runs the pipeline for one delivery and says how to settle it. It
 // never acks. Steps, top to bottom:
 //
-//  1. a message past the delivery limit is dead-lettered before decoding,
-//     so one that crashes the process on every delivery still ends there;
-//  2. decode and validate (invalid: dead letter);
-//  3. claim the idempotency key (already done: duplicate; claimed by a live
-//     replica: retry later); taking over from an owner that died, look
-//     whether it had published the outcome already;
-//  4. lease the credential and plan by the ordering rule what the event
+//  1. decode and validate (invalid: dead letter);
+//  2. claim the idempotency key (already done: duplicate; claimed by a live
+//     replica: retry later). An event whose deliveries ended MaxDeliver
+//     times without a decision (each crashed, hung or was killed the
+//     worker) is a poison message: dead letter. Taking over from an owner
+//     that died, look whether it had published the outcome already;
+//  3. lease the credential and plan by the ordering rule what the event
 //     does to it;
-//  5. make the plan's Seam calls, with retries (permanent: dead letter;
-//     still failing: retry later, or dead letter once out of deliveries);
-//  6. store the credential's new state, publish the result or skip, and
+//  4. make the plan's Seam calls, with retries, through the Seam health
+//     gate and the shared pacer (permanent: dead letter; still failing:
+//     retry later, or dead letter once RetryFor has passed);
+//  5. store the credential's new state, publish the result or skip, and
 //     record completion.
 //
 // A panic in any step dead-letters the message.
@@ -61,14 +62,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	}
 	j.meta = meta
 
-	if int(meta.NumDelivered) > w.cfg.MaxDeliver {
-		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, &DeliveryLimitError{Deliveries: int(meta.NumDelivered)})
-	}
 	if err := w.decode(j); err != nil {
 		return w.deadLetter(ctx, j, schemas.ErrorKindInvalidEvent, err)
 	}
 	if out, ok := w.claimEvent(ctx, j); !ok {
 		return out
+	}
+	if n := j.claim.Record.Undecided; n >= w.cfg.MaxDeliver {
+		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, &DeliveryLimitError{Undecided: n})
 	}
 	if err := w.checkPublished(ctx, j); err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)

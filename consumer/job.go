@@ -46,6 +46,8 @@ type job struct {
 	first      time.Time
 	last       time.Time
 	renewed    time.Time // when the claim and lease were last renewed
+	backoff    *budgetBackOff
+	lastErr    error // the last failed Seam call's, for a dead letter after RetryFor
 }
 
 // checkIn reports whether the job's event is a check-in.

@@ -24,6 +24,8 @@ type Metrics struct {
 	pending      prometheus.Gauge
 	ackPending   prometheus.Gauge
 	redelivered  prometheus.Gauge
+	gate         *prometheus.GaugeVec
+	seamRate     prometheus.Gauge
 }
 
 // NewMetrics registers the collectors with reg. inFlight, when not nil,
@@ -59,9 +61,15 @@ func NewMetrics(reg prometheus.Registerer, inFlight func() float64) *Metrics {
 		redelivered: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keyworker_consumer_redelivered", Help: "Messages redelivered and not yet acknowledged (sampled).",
 		}),
+		gate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keyworker_seam_gate", Help: "Seam health gate: 1 for the current state (healthy, seam_unavailable, seam_unauthorized), 0 for the others.",
+		}, []string{"state"}),
+		seamRate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyworker_seam_adaptive_rate", Help: "Requests per second the process allows itself after Seam answered 429 (0: no slowdown in force).",
+		}),
 	}
 	reg.MustRegister(m.events, m.eventSeconds, m.seamRequests, m.seamSeconds, m.retries, m.deadLetters,
-		m.pending, m.ackPending, m.redelivered)
+		m.pending, m.ackPending, m.redelivered, m.gate, m.seamRate)
 	if inFlight != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "keyworker_in_flight", Help: "Events being handled now.",
@@ -150,4 +158,24 @@ func (m *Metrics) SampleConsumer(ctx context.Context, js jetstream.JetStream, st
 		case <-t.C:
 		}
 	}
+}
+
+func (m *Metrics) observeGate(s SeamHealth) {
+	if m == nil {
+		return
+	}
+	for _, st := range []SeamHealth{SeamHealthy, SeamUnavailable, SeamUnauthorized} {
+		v := 0.0
+		if st == s {
+			v = 1
+		}
+		m.gate.WithLabelValues(st.String()).Set(v)
+	}
+}
+
+func (m *Metrics) observeSlowdown(limit float64) {
+	if m == nil {
+		return
+	}
+	m.seamRate.Set(limit)
 }

@@ -3,6 +3,8 @@ package consumer_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -153,61 +155,74 @@ func TestHandle_PanicDeadLettersAsPermanentAndTheNextMessageIsProcessed(t *testi
 	}
 }
 
-func TestHandle_MessagePastTheDeliveryLimitIsDeadLetteredBeforeDecoding(t *testing.T) {
-	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
-	cfg := h.cfg
-	doc := event(schemas.SubjectCheckedIn, "too-often", time.Now(), schemas.GuestData{ACSCredentialID: credFine, ACSUserID: userPanic})
+// poisonSeam ends the calling goroutine at its first call, as a process
+// dies on a poison message before anything is recorded.
+type poisonSeam struct{ consumer.SeamCaller }
+
+func (poisonSeam) Assign(context.Context, seamclient.Request) (*seamclient.Response, error) {
+	runtime.Goexit()
+	return nil, nil
+}
+
+func (poisonSeam) Get(context.Context, string) (*seamclient.Response, error) {
+	runtime.Goexit()
+	return nil, nil
+}
+
+func TestHandle_EventWhoseDeliveriesKeepDyingIsDeadLetteredAfterMaxDeliver(t *testing.T) {
+	cfg := crashConfig() // short leases: each dead delivery's claim runs out soon
+	cfg.MaxDeliver = 2
+	h := newHarness(t, cfg, seamtest.WithAutoCreate())
+	doc := event(schemas.SubjectCheckedIn, "poison", time.Now(), schemas.GuestData{ACSCredentialID: credFine, ACSUserID: userPanic})
 	seq := h.publish(schemas.SubjectCheckedIn, doc, "")
 
-	// Deliveries 1..MaxDeliver end without an outcome, as if each crashed
-	// the process that took it.
-	cons, err := h.js.Consumer(t.Context(), cfg.InputStream, cfg.Durable)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Deliveries 1..MaxDeliver take the claim and die.
 	for i := 1; i <= cfg.MaxDeliver; i++ {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg := <-batch.Messages()
-		if msg == nil {
-			t.Fatalf("delivery %d: no message", i)
-		}
-		meta, err := msg.Metadata()
-		if err != nil || int(meta.NumDelivered) != i {
-			t.Fatalf("delivery %d: metadata %+v %v", i, meta, err)
-		}
-		if err := msg.Nak(); err != nil {
-			t.Fatal(err)
-		}
+		msg := h.fetchOne()
+		died := make(chan struct{})
+		go func() {
+			defer close(died)
+			h.newWorkerWith(poisonSeam{h.seamClient()}, fmt.Sprint("dying-", i)).Handle(context.Background(), msg)
+		}()
+		<-died
+	}
+	if got := h.outcomes(); len(got) != 0 {
+		t.Fatalf("outcomes before the limit: %v", subjects(got))
 	}
 
 	h.start(1)
-	h.waitDrained(10 * time.Second)
+	h.waitDrained(20 * time.Second)
 	got := h.outcomes()
 	if len(got) != 1 || got[0].DL.OriginalSubject == "" {
 		t.Fatalf("want one dead letter, got %v", subjects(got))
 	}
 	dl := got[0].DL
-	if dl.Error.Kind != schemas.ErrorKindRetriesExhausted || dl.Deliveries != cfg.MaxDeliver+1 ||
-		!strings.Contains(dl.Error.Message, "before decoding") {
-		t.Fatalf("dead letter: kind %q, deliveries %d, message %q; want retries_exhausted after %d deliveries, before decoding",
-			dl.Error.Kind, dl.Deliveries, dl.Error.Message, cfg.MaxDeliver+1)
-	}
-	// Not decoded: the event is valid, yet the dead letter knows neither its
-	// id nor its request, and Seam was never called.
-	if dl.SourceEventID != "" || len(dl.Request) != 0 {
-		t.Fatalf("the event was decoded: source id %q, request %s", dl.SourceEventID, dl.Request)
+	if dl.Error.Kind != schemas.ErrorKindRetriesExhausted || !strings.Contains(dl.Error.Message, "2 deliveries ended without a decision") {
+		t.Fatalf("dead letter: kind %q, message %q; want retries_exhausted after %d undecided deliveries", dl.Error.Kind, dl.Error.Message, cfg.MaxDeliver)
 	}
 	if n := h.seam.Calls(""); n != 0 {
 		t.Fatalf("seam got %d calls, want none", n)
 	}
-	if dl.OriginalStreamSequence != seq {
-		t.Fatalf("original stream sequence %d, want %d", dl.OriginalStreamSequence, seq)
+	if dl.OriginalStreamSequence != seq || dl.SourceEventID != "poison" {
+		t.Fatalf("dead letter names sequence %d, event %q", dl.OriginalStreamSequence, dl.SourceEventID)
 	}
 	original, err := dl.Original()
 	if err != nil || !bytes.Equal(original, doc) {
 		t.Fatalf("original not carried byte for byte: %v", err)
+	}
+}
+
+func TestHandle_HandedBackDeliveriesNeverCountTowardMaxDeliver(t *testing.T) {
+	cfg := fastConfig()
+	cfg.MaxDeliver = 1
+	cfg.RetryBudget = 50 * time.Millisecond
+	h := newHarness(t, cfg, seamtest.WithAutoCreate())
+	// Five deliveries end in a 503 and a hand-back, then Seam answers.
+	h.seam.FailNext(4, seamtest.PathAssign, seamtest.HTML(503))
+	h.start(1)
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "retried", time.Now(), schemas.GuestData{ACSCredentialID: credFine, ACSUserID: userPanic}), "")
+	got := h.waitOutcomes(1, 20*time.Second)
+	if got[0].Subject != schemas.SubjectAssigned {
+		t.Fatalf("want credential.assigned once Seam answers, got %s %+v", got[0].Subject, got[0].DL.Error)
 	}
 }

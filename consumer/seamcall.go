@@ -18,6 +18,7 @@ import (
 // repeated on a retry. It returns the last error when it gives up.
 func (w *Worker) callSeam(ctx context.Context, j *job) error {
 	b := w.newBackOff()
+	j.backoff = b
 	// An earlier delivery may have had a request applied unseen.
 	uncertain := j.meta != nil && j.meta.NumDelivered > 1
 	var removed, applied bool
@@ -30,12 +31,12 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 		}
 		if j.plan == nil {
 			if err := w.makePlan(ctx, j); err != nil {
-				return w.retryable(b, err)
+				return w.retryable(j, b, err)
 			}
 		}
 		if r := j.plan.Remove; !r.IsZero() && !removed {
 			if err := w.removeHolder(ctx, j, r); err != nil {
-				return w.retryable(b, err)
+				return w.retryable(j, b, err)
 			}
 			removed = true
 			j.read = nil // no longer what Seam holds
@@ -45,13 +46,13 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 		}
 		if !applied {
 			if err := w.applyOwn(ctx, j, &uncertain); err != nil {
-				return w.retryable(b, err)
+				return w.retryable(j, b, err)
 			}
 			applied = true
 		}
 		if j.credential == nil {
 			if err := w.fillCredential(ctx, j); err != nil {
-				return w.retryable(b, err)
+				return w.retryable(j, b, err)
 			}
 		}
 		return nil
@@ -225,51 +226,68 @@ func (w *Worker) write(ctx context.Context, j *job, endpoint string, do func(con
 	return w.seamRequest(ctx, j, endpoint, do)
 }
 
-// seamRequest makes one Seam request, counting it and honouring the rate
-// limit. Waiting for the limiter keeps the job's claim, lease and ack wait
-// alive, so no other replica takes the credential meanwhile.
+// seamRequest makes one Seam request when the health gate and the pacer
+// let it, counting it. Waiting for them parks the job's slot and keeps its
+// claim, lease and ack wait alive, so no other replica takes the
+// credential meanwhile; a wait restarts the in-process retry budget.
 func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {
-	if err := w.awaitLimiter(ctx, j); err != nil {
+	probe, err := w.waitTurn(ctx, j)
+	if err != nil {
 		return nil, err
 	}
 	now := w.now()
+	if j.first.IsZero() {
+		j.first = now
+	}
+	j.last = now
 	if endpoint != "get" {
 		j.attempts++
-		if j.first.IsZero() {
-			j.first = now
-		}
-		j.last = now
 	}
 	resp, err := do(ctx)
-	if err == nil {
-		w.unauthorized.Store(false)
-	}
+	w.gate.report(probe, err)
+	w.pacer.observe(err)
 	w.metrics.observeSeam(endpoint, resp, err, w.now().Sub(now))
 	return resp, err
 }
 
-// awaitLimiter waits for the process's Seam rate ceiling, in steps short
-// enough to renew the claim and lease and to send InProgress between them.
-func (w *Worker) awaitLimiter(ctx context.Context, j *job) error {
-	if w.limiter == nil {
-		return nil
-	}
-	r := w.limiter.Reserve()
-	if !r.OK() {
-		return errors.New("consumer: seam rate limit admits no request")
-	}
-	for left := r.Delay(); left > 0; left = r.Delay() {
+// waitTurn waits for the health gate and the pacer. It reports whether the
+// request is the gate's probe.
+func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, error) {
+	waited := false
+	tick := func() error {
+		waited = true
 		w.park(j)
-		if !sleep(ctx, min(left, w.heartbeat())) {
-			r.Cancel()
-			return ctx.Err()
-		}
-		if err := w.keepAlive(ctx, j, true); err != nil {
-			r.Cancel()
+		if err := w.retryForSpent(j); err != nil {
 			return err
 		}
+		return w.keepAlive(ctx, j, false)
 	}
-	return w.unpark(ctx, j)
+	probe, _, err := w.gate.admit(ctx, w.heartbeat(), tick)
+	if err == nil {
+		err = w.pacer.wait(ctx, w.heartbeat(), tick)
+	}
+	if err == nil {
+		err = w.unpark(ctx, j)
+	}
+	if err != nil {
+		if probe {
+			w.gate.report(true, context.Canceled) // not sent: another may probe
+		}
+		return false, err
+	}
+	if waited && j.backoff != nil {
+		j.backoff.restart()
+	}
+	return probe, nil
+}
+
+// retryForSpent returns a *retryForError once Config.RetryFor has passed
+// since the event's first Seam attempt.
+func (w *Worker) retryForSpent(j *job) error {
+	if j.first.IsZero() || w.now().Sub(j.first) <= w.cfg.RetryFor {
+		return nil // an event that has not tried yet has not failed
+	}
+	return &retryForError{since: j.first, last: j.lastErr}
 }
 
 // heartbeat is how often a job that waits renews what it holds.
@@ -316,11 +334,15 @@ func (w *Worker) confirm(ctx context.Context, j *job, assign bool, cause error) 
 	return resp, nil
 }
 
-// retryable marks permanent errors for backoff and passes the server's
-// Retry-After to the schedule.
-func (w *Worker) retryable(b *budgetBackOff, err error) error {
+// retryable marks permanent errors, and any error once RetryFor is spent,
+// for backoff, and passes the server's Retry-After to the schedule.
+func (w *Worker) retryable(j *job, b *budgetBackOff, err error) error {
 	if permanent(err) {
 		return backoff.Permanent(err)
+	}
+	j.lastErr = err
+	if spent := w.retryForSpent(j); spent != nil {
+		return backoff.Permanent(spent)
 	}
 	b.hint(err)
 	return err
@@ -335,6 +357,7 @@ type budgetBackOff struct {
 	deadline time.Time
 	now      func() time.Time
 	next     time.Duration // Retry-After from the last failure
+	budget   time.Duration
 }
 
 func (w *Worker) newBackOff() *budgetBackOff {
@@ -343,7 +366,7 @@ func (w *Worker) newBackOff() *budgetBackOff {
 		backoff.WithMaxInterval(w.cfg.RetryMax),
 		backoff.WithMaxElapsedTime(0), // the budget below decides
 	)
-	return &budgetBackOff{exp: exp, deadline: w.now().Add(w.cfg.RetryBudget), now: w.now}
+	return &budgetBackOff{exp: exp, deadline: w.now().Add(w.cfg.RetryBudget), now: w.now, budget: w.cfg.RetryBudget}
 }
 
 func (b *budgetBackOff) hint(err error) {
@@ -368,16 +391,29 @@ func (b *budgetBackOff) NextBackOff() time.Duration {
 // Reset implements backoff.BackOff.
 func (b *budgetBackOff) Reset() { b.exp.Reset() }
 
+// restart gives a full budget again, after a wait that was not a retry
+// (the health gate, a shared slowdown).
+func (b *budgetBackOff) restart() {
+	b.exp.Reset()
+	b.deadline = b.now().Add(b.budget)
+}
+
 // permanent reports whether err is final: a permanent Seam error that no
-// unanswered earlier request may explain, or a lost lease.
+// unanswered earlier request may explain, a lost lease, or RetryFor spent.
+// A refused key (401/403) is not: the health gate waits until it works again.
 func permanent(err error) bool {
-	var u *unconfirmedError
-	if errors.As(err, &u) {
+	var (
+		u     *unconfirmedError
+		lost  *leaseLostError
+		spent *retryForError
+	)
+	switch {
+	case errors.As(err, &u):
 		return false
-	}
-	var lost *leaseLostError
-	if errors.As(err, &lost) {
+	case errors.As(err, &lost), errors.As(err, &spent):
 		return true
+	case signalOf(err) == signalUnauthorized:
+		return false
 	}
 	return seamclient.Classify(err) == seamclient.Permanent
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
@@ -37,13 +36,14 @@ type Worker struct {
 	validator *schemas.Validator
 	log       zerolog.Logger
 	metrics   *Metrics
-	limiter   *rate.Limiter
 	now       func() time.Time
+	seamRPS   float64
+	gate      *gate
+	pacer     *pacer
 
-	maxPayload   int
-	unauthorized atomic.Bool
-	inFlight     atomic.Int64
-	deliveries   atomic.Uint64
+	maxPayload int
+	inFlight   atomic.Int64
+	deliveries atomic.Uint64
 }
 
 // Option configures a Worker.
@@ -65,9 +65,7 @@ func WithSeamRateLimit(rps float64) Option {
 		if rps < 0 {
 			return fmt.Errorf("%w: seam rate limit %v must not be negative", ErrInvalidConfig, rps)
 		}
-		if rps > 0 {
-			w.limiter = rate.NewLimiter(rate.Limit(rps), max(1, int(rps)))
-		}
+		w.seamRPS = rps
 		return nil
 	}
 }
@@ -96,6 +94,8 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 		return nil, err
 	}
 	w.validator = v
+	w.gate = newGate(w.now, w.log, w.metrics)
+	w.pacer = newPacer(w.now, w.seamRPS, w.metrics)
 	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.IdempotencyBucket, err)
@@ -110,9 +110,17 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	return w, nil
 }
 
-// SeamUnauthorized reports whether Seam's last answer was 401 or 403: the
-// API key is wrong, and the worker should not be reported ready.
-func (w *Worker) SeamUnauthorized() bool { return w.unauthorized.Load() }
+// SeamUnauthorized reports whether the health gate is open because Seam
+// refused the API key (401/403): the worker should not be reported ready.
+func (w *Worker) SeamUnauthorized() bool {
+	s, _ := w.gate.health()
+	return s == SeamUnauthorized
+}
+
+// SeamHealth reports the state of the Seam health gate and since when it
+// holds: while it is not SeamHealthy the worker takes no new events and
+// probes Seam until it answers.
+func (w *Worker) SeamHealth() (SeamHealth, time.Time) { return w.gate.health() }
 
 // InFlight is the number of events being handled now.
 func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
@@ -162,6 +170,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
+		// While Seam is down, events already waiting for it will probe it:
+		// take no more until it is back.
+		w.gate.hold(ctx, w.heartbeat(), func() { _ = msg.InProgress() })
 		if err := sem.acquire(ctx); err != nil {
 			_ = msg.Nak()
 			continue

@@ -49,7 +49,10 @@ type Record struct {
 	LeaseUntil time.Time `json:"lease_until,omitzero"`
 	// ClaimedAt is when Owner took the claim: with LeaseUntil it bounds
 	// when an owner that died could have published an outcome.
-	ClaimedAt      time.Time `json:"claimed_at,omitzero"`
+	ClaimedAt time.Time `json:"claimed_at,omitzero"`
+	// Undecided counts the deliveries that took the claim and ended without
+	// a decision: their owner died or hung, and the claim was taken over.
+	Undecided      int       `json:"undecided,omitempty"`
 	Attempts       int       `json:"attempts"`
 	FirstAttemptAt time.Time `json:"first_attempt_at,omitzero"`
 	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
@@ -146,6 +149,14 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		// Take over: attempts, attempt times and replays carry over; the
 		// outcome of a dead-lettered run no longer describes this one.
 		rec = cur
+		switch {
+		case cur.Status == StatusInProgress && cur.Owner != owner:
+			rec.Undecided++ // its owner died or hung holding it
+		case cur.Status == StatusDeadLettered:
+			// A replay starts afresh: its own RetryFor and delivery limit.
+			rec.Undecided = 0
+			rec.FirstAttemptAt, rec.LastAttemptAt = time.Time{}, time.Time{}
+		}
 		rec.Status = StatusInProgress
 		rec.Owner = owner
 		rec.LeaseUntil = now.Add(lease)
