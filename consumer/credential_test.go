@@ -139,7 +139,7 @@ func (h *harness) replay(o outcome) {
 }
 
 func TestHandle_ReplayedDeadLettersOfAPreviousGuestLeaveTheCurrentGuestHolding(t *testing.T) {
-	cfg := crashConfig() // short leases: the check-out waits out its check-in's
+	cfg := crashConfig()                  // short leases: the check-out waits out its check-in's
 	cfg.RetryFor = 500 * time.Millisecond // the outage outlasts it
 	cfg.RetryBudget = 100 * time.Millisecond
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
