@@ -231,7 +231,7 @@ func (w *Worker) write(ctx context.Context, j *job, endpoint string, do func(con
 // claim, lease and ack wait alive, so no other replica takes the
 // credential meanwhile; a wait restarts the in-process retry budget.
 func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {
-	probe, err := w.waitTurn(ctx, j)
+	probe, epoch, err := w.waitTurn(ctx, j)
 	if err != nil {
 		return nil, err
 	}
@@ -245,14 +245,14 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 	}
 	resp, err := do(ctx)
 	w.gate.report(probe, err)
-	w.pacer.observe(err)
+	w.pacer.observe(epoch, err)
 	w.metrics.observeSeam(endpoint, resp, err, w.now().Sub(now))
 	return resp, err
 }
 
 // waitTurn waits for the health gate and the pacer. It reports whether the
-// request is the gate's probe.
-func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, error) {
+// request is the gate's probe, and the pacer's epoch it was admitted under.
+func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 	waited := false
 	tick := func() error {
 		waited = true
@@ -262,9 +262,10 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, error) {
 		}
 		return w.keepAlive(ctx, j, false)
 	}
+	var epoch uint64
 	probe, _, err := w.gate.admit(ctx, w.heartbeat(), tick)
 	if err == nil {
-		err = w.pacer.wait(ctx, w.heartbeat(), tick)
+		epoch, err = w.pacer.wait(ctx, w.heartbeat(), tick)
 	}
 	if err == nil {
 		err = w.unpark(ctx, j)
@@ -273,12 +274,12 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, error) {
 		if probe {
 			w.gate.report(true, context.Canceled) // not sent: another may probe
 		}
-		return false, err
+		return false, 0, err
 	}
 	if waited && j.backoff != nil {
 		j.backoff.restart()
 	}
-	return probe, nil
+	return probe, epoch, nil
 }
 
 // retryForSpent returns a *retryForError once Config.RetryFor has passed
