@@ -207,13 +207,18 @@ func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
 	}
 	var r struct {
 		schemas.CredentialResult
-		Reason string `json:"reason"`
+		Reason       string `json:"reason"`
+		SupersededBy string `json:"superseded_by_event_id"`
 	}
 	if json.Unmarshal(o.env.Data, &r) != nil || r.SourceEventID != id {
 		return "", false
 	}
 	if o.subject == schemas.SubjectSkipped {
-		return fmt.Sprintf("%s  reason=%s: a newer event for this guest and credential was already applied", o.subject, r.Reason), true
+		line := fmt.Sprintf("%s  reason=%s", o.subject, r.Reason)
+		if r.SupersededBy != "" {
+			line += ", superseded by " + r.SupersededBy
+		}
+		return line, true
 	}
 	cred, _ := seamclient.ParseCredential(r.ACSCredential)
 	var view struct {

@@ -37,7 +37,7 @@ func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
 	for _, want := range []string{
 		"credential.assigned",
 		"credential.unassigned",
-		"credential.skipped  reason=stale",
+		"credential.skipped  reason=checked_out, superseded by evt-ana-out",
 		"kind=invalid_event",
 		"kind=permanent",
 		"acs_credential_not_found",

@@ -197,7 +197,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // readiness answers /readyz: NATS connected, the input stream reachable,
-// Seam not refusing the API key, and not shutting down.
+// the Seam health gate closed (Seam answering and taking the key), and not
+// shutting down.
 type readiness struct {
 	conn     *cli.Conn
 	worker   *consumer.Worker
@@ -220,8 +221,11 @@ func (p *readiness) check(ctx context.Context) []string {
 			reasons = append(reasons, "stream "+p.stream+": "+err.Error())
 		}
 	}
-	if p.worker.SeamUnauthorized() {
-		reasons = append(reasons, "seam: API key refused (401/403)")
+	switch health, since := p.worker.SeamHealth(); health {
+	case consumer.SeamUnauthorized:
+		reasons = append(reasons, "seam_unauthorized: Seam refuses the API key (401/403) since "+since.UTC().Format(time.RFC3339)+"; events wait, nothing is dead-lettered")
+	case consumer.SeamUnavailable:
+		reasons = append(reasons, "seam_unavailable: Seam keeps failing since "+since.UTC().Format(time.RFC3339)+"; events wait and are handled when it is back")
 	}
 	return reasons
 }

@@ -46,6 +46,8 @@ type Config struct {
 	LogFormat     string
 	MaxClockSkew  time.Duration
 	MaxDeliver    int
+	RetryFor      time.Duration
+	DupWindow     time.Duration
 	ShutdownGrace time.Duration
 	Replicas      int
 	UpdateStreams bool
@@ -101,7 +103,9 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 	fs.IntVar(&c.cfg.Concurrency, "concurrency", consumer.DefaultConcurrency, "events processed at once ($KEYWORKER_CONCURRENCY)")
 	fs.Float64Var(&c.cfg.SeamRPS, "seam-rps", 0, "ceiling on Seam requests per second, 0 for none ($KEYWORKER_SEAM_RPS)")
 	fs.DurationVar(&c.cfg.MaxClockSkew, "max-clock-skew", 5*time.Minute, "refuse events dated further in the future ($KEYWORKER_MAX_CLOCK_SKEW)")
-	fs.IntVar(&c.cfg.MaxDeliver, "max-deliver", 10, "deliveries before a failing event is dead-lettered ($KEYWORKER_MAX_DELIVER)")
+	fs.IntVar(&c.cfg.MaxDeliver, "max-deliver", 10, "deliveries of an event that may end without a decision (the worker crashed or hung handling it) before it is dead-lettered ($KEYWORKER_MAX_DELIVER)")
+	fs.DurationVar(&c.cfg.RetryFor, "retry-for", 24*time.Hour, "how long transient Seam failures are retried, from an event's first attempt, before a dead letter ($KEYWORKER_RETRY_FOR)")
+	fs.DurationVar(&c.cfg.DupWindow, "duplicate-window", 2*time.Minute, "JetStream duplicate window of the streams, when creating them ($KEYWORKER_DUPLICATE_WINDOW)")
 	fs.DurationVar(&c.cfg.ShutdownGrace, "shutdown-grace", 25*time.Second, "time in-flight events get to finish on SIGTERM ($KEYWORKER_SHUTDOWN_GRACE)")
 	fs.BoolVar(&c.cfg.UpdateStreams, "update-streams", false, "update existing streams, consumer and buckets whose settings differ, instead of refusing to start ($KEYWORKER_UPDATE_STREAMS)")
 	c.bindings = append(c.bindings,
@@ -110,6 +114,8 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 		binding{"seam-rps", "KEYWORKER_SEAM_RPS"},
 		binding{"max-clock-skew", "KEYWORKER_MAX_CLOCK_SKEW"},
 		binding{"max-deliver", "KEYWORKER_MAX_DELIVER"},
+		binding{"retry-for", "KEYWORKER_RETRY_FOR"},
+		binding{"duplicate-window", "KEYWORKER_DUPLICATE_WINDOW"},
 		binding{"shutdown-grace", "KEYWORKER_SHUTDOWN_GRACE"},
 		binding{"update-streams", "KEYWORKER_UPDATE_STREAMS"},
 	)
@@ -197,6 +203,10 @@ func (c *Config) validate() error {
 		return bad("KEYWORKER_MAX_CLOCK_SKEW", "%s must not be negative", c.MaxClockSkew)
 	case c.MaxDeliver < 1:
 		return bad("KEYWORKER_MAX_DELIVER", "%d must be at least 1", c.MaxDeliver)
+	case c.RetryFor <= 0:
+		return bad("KEYWORKER_RETRY_FOR", "%s must be positive", c.RetryFor)
+	case c.DupWindow <= 0:
+		return bad("KEYWORKER_DUPLICATE_WINDOW", "%s must be positive", c.DupWindow)
 	case c.ShutdownGrace < 0:
 		return bad("KEYWORKER_SHUTDOWN_GRACE", "%s must not be negative", c.ShutdownGrace)
 	case c.SeamTimeout <= 0:
@@ -208,12 +218,14 @@ func (c *Config) validate() error {
 // ConsumerConfig maps the command's configuration onto the consumer's.
 func (c *Config) ConsumerConfig() consumer.Config {
 	cc := consumer.Config{
-		Concurrency:   c.Concurrency,
-		MaxClockSkew:  c.MaxClockSkew,
-		MaxDeliver:    c.MaxDeliver,
-		ShutdownGrace: c.ShutdownGrace,
-		Replicas:      c.Replicas,
-		SeamTimeout:   c.SeamTimeout,
+		Concurrency:     c.Concurrency,
+		MaxClockSkew:    c.MaxClockSkew,
+		MaxDeliver:      c.MaxDeliver,
+		RetryFor:        c.RetryFor,
+		DuplicateWindow: c.DupWindow,
+		ShutdownGrace:   c.ShutdownGrace,
+		Replicas:        c.Replicas,
+		SeamTimeout:     c.SeamTimeout,
 	}
 	if c.SeamTimeout > 0 {
 		cc.Lease = max(30*time.Second, 3*c.SeamTimeout)
