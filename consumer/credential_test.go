@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/schemas"
@@ -275,27 +274,7 @@ func TestHandle_CrashAfterPublishingThenRestartPastTheDuplicateWindowPublishesNo
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "crash-after-result", time.Now(), d), "")
 
 	// The first delivery publishes its result and dies before recording it.
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Owner = "crashed-replica"
-	w1, err := consumer.New(t.Context(), crashAfterPublish{JetStream: js, prefix: "credential."}, h.seamClient(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crashed := make(chan struct{})
-	msg := h.fetchOne()
-	go func() {
-		defer close(crashed)
-		w1.Handle(context.Background(), msg)
-	}()
-	<-crashed
+	h.handleAndCrashAfterPublish("credential.")
 	first := h.outcomes()
 	if len(first) != 1 || first[0].Subject != schemas.SubjectAssigned {
 		t.Fatalf("the crashed delivery did not publish its result: %v", subjects(first))

@@ -40,7 +40,8 @@ const maxStoredOutcome = 256 << 10
 // result, or its skip when the ordering rule superseded it.
 func (w *Worker) conclude(ctx context.Context, j *job) Outcome {
 	next := j.plan.State
-	if j.plan.Apply && j.checkIn() {
+	next.HolderUnknown = false // the plan's calls made it known
+	if j.plan.Call && j.checkIn() {
 		next.Holder = j.guest
 		if cred, err := seamclient.ParseCredential(j.credential); err == nil && cred.ACSUserID != "" {
 			next.Holder = idempotency.NewGuest(cred.ACSUserID, cred.UserIdentityID)
@@ -110,9 +111,9 @@ func (w *Worker) finish(ctx context.Context, j *job, subject string, data any) O
 	// publishes, and the same Nats-Msg-Id deduplicates it meanwhile.
 	seq, err := w.publish(ctx, subject, id, doc)
 	if err != nil {
-		// Keep the claim: it may have been published, and only the
-		// delivery that takes over an expired claim looks.
-		return Outcome{Kind: Retry, Delay: w.cfg.NakDelay, Err: err}
+		// It may have been stored all the same: the next delivery looks.
+		j.claim.Record.PublishTried = true
+		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
 	return w.complete(ctx, j, idempotency.StatusCompleted, subject, seq)
 }
@@ -232,11 +233,13 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
+	// Counted for ordering first: a crash before the decision is recorded
+	// leaves an event that is planned again, never one that is lost to it.
+	w.commitDeadLetter(ctx, j)
 	decided, err := w.decide(ctx, j, idempotency.StatusDeadLettered, subject, id, doc)
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
 	}
-	w.commitDeadLetter(ctx, j)
 	var seq uint64
 	if !j.published {
 		seq, err = w.publish(ctx, subject, id, doc)

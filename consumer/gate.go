@@ -225,13 +225,12 @@ func (g *gate) report(probe bool, err error) {
 			g.backOff()
 		}
 	case signalNone:
-		if probe {
-			g.nextProbe = g.now() // let another waiter probe at once
+		if !probe {
+			return
 		}
+		g.nextProbe = g.now() // let another waiter probe at once
 	}
-	if sig != signalNone {
-		g.wake()
-	}
+	g.wake()
 }
 
 // open pauses requests for state; g.mu is held.

@@ -21,12 +21,12 @@ import (
 //
 //  1. decode and validate (invalid: dead letter);
 //  2. claim the idempotency key (already done: duplicate; claimed by a live
-//     replica: retry later). An event whose deliveries ended MaxDeliver
+//     replica: retry later). Taking over from an owner that died, look
+//     whether it had published the outcome already (then done);
+//  3. lease the credential. An event whose deliveries ended MaxDeliver
 //     times without a decision (each crashed, hung or was killed the
-//     worker) is a poison message: dead letter. Taking over from an owner
-//     that died, look whether it had published the outcome already;
-//  3. lease the credential and plan by the ordering rule what the event
-//     does to it;
+//     worker) is a poison message: dead letter, still counted for
+//     ordering. Otherwise plan by the ordering rule what the event does;
 //  4. make the plan's Seam calls, with retries, through the Seam health
 //     gate and the shared pacer (permanent: dead letter; still failing:
 //     retry later, or dead letter once RetryFor has passed);
@@ -68,14 +68,19 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	if out, ok := w.claimEvent(ctx, j); !ok {
 		return out
 	}
-	if n := j.claim.Record.Undecided; n >= w.cfg.MaxDeliver {
-		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, &DeliveryLimitError{Undecided: n})
-	}
 	if err := w.checkPublished(ctx, j); err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
 	}
+	if j.published {
+		// Its state was stored before it was published: nothing left to do.
+		return w.complete(ctx, j, idempotency.StatusCompleted, j.publishedSubject, 0)
+	}
 	if out, ok := w.leaseCredential(ctx, j); !ok {
 		return out
+	}
+	if n := j.claim.Record.Undecided; n >= w.cfg.MaxDeliver {
+		j.wrote = true // a dying delivery may have changed the credential
+		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, &DeliveryLimitError{Undecided: n})
 	}
 	if err := w.callSeam(ctx, j); err != nil {
 		return w.seamFailed(ctx, j, err)

@@ -35,7 +35,8 @@ type job struct {
 	plan  *idempotency.Plan
 	// published is set when an outcome of this event is already in its
 	// stream (an owner that died had published it): nothing more is published.
-	published bool
+	published        bool
+	publishedSubject string
 
 	// read is the holder as read from Seam in this delivery, while it
 	// still is what Seam holds; credential is then the object read.

@@ -26,21 +26,27 @@ const scanMargin = time.Minute
 const scanBatch = 256
 
 // checkPublished sets j.published when the claim was taken over from an
-// owner that died holding it and that owner had published the outcome.
+// owner that died holding it (or whose publish failed) and the outcome was
+// published all the same.
 func (w *Worker) checkPublished(ctx context.Context, j *job) error {
 	prev := j.claim.Previous
-	if prev.Status != idempotency.StatusInProgress {
+	if prev.Status != idempotency.StatusInProgress && !prev.PublishTried {
 		return nil
 	}
-	from := prev.ClaimedAt
+	from := prev.ScanFrom
+	if from.IsZero() {
+		from = prev.ClaimedAt
+	}
 	if from.IsZero() {
 		from = prev.UpdatedAt.Add(-w.cfg.Lease)
 	}
-	found, err := w.findOutcome(ctx, w.cfg.ResultsStream, w.outcomeID(j), from.Add(-scanMargin), prev.LeaseUntil.Add(publishTimeout+scanMargin))
+	to := later(prev.LeaseUntil, prev.UpdatedAt).Add(publishTimeout + scanMargin)
+	subject, found, err := w.findOutcome(ctx, w.cfg.ResultsStream, w.outcomeID(j), from.Add(-scanMargin), to)
 	if err != nil {
 		return err
 	}
 	if found {
+		j.publishedSubject = subject
 		w.log.Info().Str("event_id", j.event.ID).Msg("the outcome was published by an owner that died before recording it: not publishing again")
 	}
 	j.published = found
@@ -59,7 +65,7 @@ func (w *Worker) republish(ctx context.Context, rec idempotency.Record) error {
 		if strings.HasPrefix(rec.Outcome, schemas.DeadLetterPrefix) {
 			stream = w.cfg.DeadLetterStream
 		}
-		found, err := w.findOutcome(ctx, stream, rec.OutcomeID, rec.UpdatedAt.Add(-scanMargin), rec.UpdatedAt.Add(publishTimeout+scanMargin))
+		_, found, err := w.findOutcome(ctx, stream, rec.OutcomeID, rec.UpdatedAt.Add(-scanMargin), rec.UpdatedAt.Add(publishTimeout+scanMargin))
 		if err != nil || found {
 			return err
 		}
@@ -69,15 +75,15 @@ func (w *Worker) republish(ctx context.Context, rec idempotency.Record) error {
 }
 
 // findOutcome reports whether stream holds a message with Nats-Msg-Id id
-// stored between from and to. It reads headers only.
-func (w *Worker) findOutcome(ctx context.Context, stream, id string, from, to time.Time) (bool, error) {
+// stored between from and to, and its subject. It reads headers only.
+func (w *Worker) findOutcome(ctx context.Context, stream, id string, from, to time.Time) (string, bool, error) {
 	s, err := w.js.Stream(ctx, stream)
 	if err != nil {
-		return false, fmt.Errorf("consumer: scan %s: %w", stream, err)
+		return "", false, fmt.Errorf("consumer: scan %s: %w", stream, err)
 	}
 	state := s.CachedInfo().State
 	if state.Msgs == 0 || state.LastTime.Before(from) {
-		return false, nil
+		return "", false, nil
 	}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
@@ -85,32 +91,32 @@ func (w *Worker) findOutcome(ctx context.Context, stream, id string, from, to ti
 		HeadersOnly:   true,
 	})
 	if err != nil {
-		return false, fmt.Errorf("consumer: scan %s: %w", stream, err)
+		return "", false, fmt.Errorf("consumer: scan %s: %w", stream, err)
 	}
 	for {
 		batch, err := cons.Fetch(scanBatch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			return false, fmt.Errorf("consumer: scan %s: %w", stream, err)
+			return "", false, fmt.Errorf("consumer: scan %s: %w", stream, err)
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
 			if m.Headers().Get(jetstream.MsgIDHeader) == id {
-				return true, nil
+				return m.Subject(), true, nil
 			}
 			meta, err := m.Metadata()
 			if err != nil {
-				return false, fmt.Errorf("consumer: scan %s: %w", stream, err)
+				return "", false, fmt.Errorf("consumer: scan %s: %w", stream, err)
 			}
 			if meta.Timestamp.After(to) || meta.Sequence.Stream >= state.LastSeq {
-				return false, nil
+				return "", false, nil
 			}
 		}
 		if err := batch.Error(); err != nil {
-			return false, fmt.Errorf("consumer: scan %s: %w", stream, err)
+			return "", false, fmt.Errorf("consumer: scan %s: %w", stream, err)
 		}
 		if n == 0 {
-			return false, nil
+			return "", false, nil
 		}
 	}
 }

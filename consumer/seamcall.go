@@ -44,7 +44,7 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 		if !j.plan.Apply {
 			return nil
 		}
-		if !applied {
+		if !applied && j.plan.Call {
 			if err := w.applyOwn(ctx, j, &uncertain); err != nil {
 				return w.retryable(j, b, err)
 			}
@@ -243,7 +243,14 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 	if endpoint != "get" {
 		j.attempts++
 	}
+	reported := false
+	defer func() {
+		if !reported { // do panicked: let another request probe
+			w.gate.report(probe, context.Canceled)
+		}
+	}()
 	resp, err := do(ctx)
+	reported = true
 	w.gate.report(probe, err)
 	w.pacer.observe(epoch, err)
 	w.metrics.observeSeam(endpoint, resp, err, w.now().Sub(now))

@@ -292,6 +292,34 @@ func (c crashAfterPublish) PublishMsg(ctx context.Context, msg *nats.Msg, opts .
 	return ack, err
 }
 
+// handleAndCrashAfterPublish hands the next message to a worker whose
+// process dies right after it publishes to a subject with prefix.
+func (h *harness) handleAndCrashAfterPublish(prefix string) {
+	h.t.Helper()
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := h.cfg
+	cfg.Owner = "crashed-replica"
+	w, err := consumer.New(h.t.Context(), crashAfterPublish{JetStream: js, prefix: prefix}, h.seamClient(), cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	crashed := make(chan struct{})
+	msg := h.fetchOne()
+	go func() {
+		defer close(crashed)
+		w.Handle(context.Background(), msg)
+	}()
+	<-crashed
+}
+
 func TestHandle_RedeliveryAfterACrashFollowingTheDeadLetterPublishesNoSecondOutcome(t *testing.T) {
 	h := newHarness(t, crashConfig(), seamtest.WithAutoCreate())
 	d := schemas.GuestData{ACSCredentialID: credUnknown, ACSUserID: userUnknown}
@@ -300,28 +328,7 @@ func TestHandle_RedeliveryAfterACrashFollowingTheDeadLetterPublishesNoSecondOutc
 	// The first delivery is refused by Seam, publishes its dead letter, and
 	// its process dies before anything else.
 	h.seam.FailNext(1, seamtest.PathAssign, seamtest.SeamError(400, "invalid_input"))
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := h.cfg
-	cfg.Owner = "crashed-replica"
-	w1, err := consumer.New(t.Context(), crashAfterPublish{JetStream: js, prefix: schemas.DeadLetterPrefix}, h.seamClient(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crashed := make(chan struct{})
-	msg := h.fetchOne()
-	go func() {
-		defer close(crashed)
-		w1.Handle(context.Background(), msg)
-	}()
-	<-crashed
+	h.handleAndCrashAfterPublish(schemas.DeadLetterPrefix)
 	if got := h.outcomes(); len(got) != 1 || got[0].DL.OriginalSubject == "" {
 		t.Fatalf("the crashed delivery did not publish its dead letter: %v", subjects(got))
 	}

@@ -79,10 +79,24 @@ type Event struct {
 // maxCheckOuts bounds the check-outs kept per credential. Only check-outs
 // not older than the newest check-in are kept, one per guest: in a hotel
 // that is the holder and the odd late check-out of a previous guest. Past
-// the bound the oldest is dropped; it could matter only if its guest later
-// sent a check-in older than that check-out yet newer than every check-in
-// seen, after 32 other guests had checked out since.
+// the bound the oldest of another guest than the newest check-in's is
+// dropped; it could matter only if its guest later sent a check-in older
+// than that check-out yet newer than every check-in seen, after 32 other
+// guests had checked out since.
 const maxCheckOuts = 32
+
+// maxDecisions bounds the recent decisions kept per credential.
+const maxDecisions = 8
+
+// Decision is what the rule decided for one event, kept so that a
+// redelivery of it (its worker died after storing the state, before
+// publishing) publishes the same outcome.
+type Decision struct {
+	Key    string `json:"k"`
+	Apply  bool   `json:"a,omitempty"`
+	Reason string `json:"r,omitempty"`
+	By     *Mark  `json:"by,omitempty"`
+}
 
 // CredentialState is the stored state of one credential: the rule's inputs
 // (CheckIn, CheckOuts), the holder as far as the worker has made Seam hold
@@ -96,9 +110,33 @@ type CredentialState struct {
 	Holder        Guest `json:"holder,omitzero"`
 	HolderUnknown bool  `json:"holder_unknown,omitempty"`
 
+	// Decisions are the latest decided events, newest last.
+	Decisions []Decision `json:"decisions,omitempty"`
+
 	LeaseOwner    string    `json:"lease_owner,omitempty"`
 	LeaseUntil    time.Time `json:"lease_until,omitzero"`
 	LeaseEventKey string    `json:"lease_event_key,omitempty"`
+}
+
+// decided returns the stored decision for the event with key, if any.
+func (s CredentialState) decided(key string) (Decision, bool) {
+	for _, d := range s.Decisions {
+		if d.Key == key {
+			return d, true
+		}
+	}
+	return Decision{}, false
+}
+
+// remember returns s with d as its newest decision.
+func (s CredentialState) remember(d Decision) CredentialState {
+	ds := slices.DeleteFunc(slices.Clone(s.Decisions), func(o Decision) bool { return o.Key == d.Key })
+	ds = append(ds, d)
+	if len(ds) > maxDecisions {
+		ds = ds[len(ds)-maxDecisions:]
+	}
+	s.Decisions = ds
+	return s
 }
 
 // Desired is the holder the rule gives: zero for nobody.
@@ -128,6 +166,11 @@ func (s CredentialState) Merge(ev Event) CredentialState {
 			return s
 		}
 		m := ev.Mark
+		// What the state knows of the guest's other id goes with it.
+		if s.CheckIn != nil {
+			m.Guest = m.Guest.with(s.CheckIn.Guest)
+		}
+		m.Guest = m.Guest.with(s.Holder)
 		s.CheckIn = &m
 		s.CheckOuts = slices.DeleteFunc(s.CheckOuts, func(c Mark) bool { return c.Time.Before(m.Time) })
 		return s
@@ -145,9 +188,14 @@ func (s CredentialState) Merge(ev Event) CredentialState {
 	}
 	s.CheckOuts = append(s.CheckOuts, ev.Mark)
 	if len(s.CheckOuts) > maxCheckOuts {
-		oldest := 0
+		// Drop the oldest of another guest than the newest check-in's: that
+		// one decides who holds the card now.
+		oldest := -1
 		for i, c := range s.CheckOuts {
-			if c.Time.Before(s.CheckOuts[oldest].Time) {
+			if s.CheckIn != nil && c.Guest.Is(s.CheckIn.Guest) {
+				continue
+			}
+			if oldest < 0 || c.Time.Before(s.CheckOuts[oldest].Time) {
 				oldest = i
 			}
 		}
@@ -175,9 +223,14 @@ type Plan struct {
 	// Remove is a holder to unassign before anything else: one the rule no
 	// longer gives the card to. Zero: none.
 	Remove Guest
-	// Apply says to call Seam with the event's own request (assign for a
-	// check-in, unassign for a check-out); its outcome is then a result.
+	// Apply says the event's outcome is a result (assigned, unassigned):
+	// its own request (assign for a check-in, unassign for a check-out) is
+	// what the rule wants.
 	Apply bool
+	// Call says to send that request to Seam. It is Apply, but for an event
+	// decided before whose request the rule no longer wants (a newer event
+	// came since): then the result is published without it.
+	Call bool
 	// Reason (when !Apply) says why the event is skipped, and By which
 	// event superseded it (nil when none did: a check-out of a guest who
 	// never held the card).
@@ -186,7 +239,7 @@ type Plan struct {
 }
 
 // Calls reports whether the plan needs Seam at all.
-func (p Plan) Calls() bool { return p.Apply || !p.Remove.IsZero() }
+func (p Plan) Calls() bool { return p.Call || !p.Remove.IsZero() }
 
 // Plan decides what ev does to a credential in state s, whose Holder must be
 // known. The event's own call is made when the rule gives the card to its
@@ -194,6 +247,13 @@ func (p Plan) Calls() bool { return p.Apply || !p.Remove.IsZero() }
 // check-out of the holder by the rule or by Seam); any other holder the rule
 // no longer gives the card to is removed.
 func (s CredentialState) Plan(ev Event) Plan {
+	if d, ok := s.decided(ev.Key); ok {
+		// Decided before, its state stored: the same outcome again. Its
+		// own request is sent again (a no-op in Seam by now, for the
+		// credential the result carries) only while the rule still wants it.
+		call := d.Apply && s.Desired().Is(ev.Guest) == ev.CheckIn
+		return Plan{State: s, Apply: d.Apply, Call: call, Reason: d.Reason, By: d.By}
+	}
 	before := s.Desired()
 	next := s.Merge(ev)
 	want := next.Desired()
@@ -230,6 +290,7 @@ func (s CredentialState) Plan(ev Event) Plan {
 		ci.Guest = ci.Guest.with(next.Holder)
 		next.CheckIn = &ci
 	}
-	p.State = next
+	p.Call = p.Apply
+	p.State = next.remember(Decision{Key: ev.Key, Apply: p.Apply, Reason: p.Reason, By: p.By})
 	return p
 }

@@ -152,9 +152,9 @@ func TestPlan_AnyOrderEndsWithTheRulesHolder(t *testing.T) {
 				seam = idempotency.Guest{}
 			}
 			switch e := ev(events[i]); {
-			case p.Apply && e.CheckIn:
+			case p.Call && e.CheckIn:
 				seam = e.Guest
-			case p.Apply && seam.Is(e.Guest):
+			case p.Call && seam.Is(e.Guest):
 				seam = idempotency.Guest{}
 			}
 			s = p.State

@@ -52,7 +52,12 @@ type Record struct {
 	ClaimedAt time.Time `json:"claimed_at,omitzero"`
 	// Undecided counts the deliveries that took the claim and ended without
 	// a decision: their owner died or hung, and the claim was taken over.
-	Undecided      int       `json:"undecided,omitempty"`
+	Undecided int `json:"undecided,omitempty"`
+	// PublishTried says an owner published (or tried to) an outcome that
+	// was not recorded; ScanFrom is when the first such owner took the
+	// claim. A delivery taking over looks for the outcome from there.
+	PublishTried   bool      `json:"publish_tried,omitempty"`
+	ScanFrom       time.Time `json:"scan_from,omitzero"`
 	Attempts       int       `json:"attempts"`
 	FirstAttemptAt time.Time `json:"first_attempt_at,omitzero"`
 	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
@@ -109,7 +114,7 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 	var lastErr error
 	for range maxCASAttempts {
 		now := s.now()
-		rec := Record{Status: StatusInProgress, Owner: owner, LeaseUntil: now.Add(lease), ClaimedAt: now, UpdatedAt: now}
+		rec := Record{Status: StatusInProgress, Owner: owner, LeaseUntil: now.Add(lease), ClaimedAt: now, ScanFrom: now, UpdatedAt: now}
 		data, err := json.Marshal(rec)
 		if err != nil {
 			return nil, fmt.Errorf("idempotency: claim %s: %w", key, err)
@@ -149,6 +154,13 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		// Take over: attempts, attempt times and replays carry over; the
 		// outcome of a dead-lettered run no longer describes this one.
 		rec = cur
+		switch {
+		case cur.Status == StatusInProgress || cur.PublishTried:
+			// The earlier owner may have published: keep looking from the
+			// first one that may have.
+		default:
+			rec.ScanFrom = now
+		}
 		switch {
 		case cur.Status == StatusInProgress && cur.Owner != owner:
 			rec.Undecided++ // its owner died or hung holding it
