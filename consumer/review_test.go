@@ -143,7 +143,7 @@ func (s *flakySeam) Get(ctx context.Context, id string) (*seamclient.Response, e
 // panic hits the health gate's probe, the gate's probing flag is never
 // cleared: no probe is ever sent again, the gate stays open, Run stops
 // taking messages (hold waits on probing), and every event waits for RetryFor.
-func TestReview_PanicInTheGateProbeLeavesTheWorkerStalled(t *testing.T) {
+func TestReview_PanicInTheGateProbeDoesNotStallTheWorker(t *testing.T) {
 	cfg := fastConfig()
 	cfg.ShutdownGrace = time.Second // the stuck waiter would hold shutdown for the whole grace
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
@@ -173,7 +173,7 @@ func TestReview_PanicInTheGateProbeLeavesTheWorkerStalled(t *testing.T) {
 // ids; the check-out by acs_user_id takes the key. A second, older check-in
 // of that guest by identity that arrives late (resent by the PMS) is older
 // than the guest's check-out: by the rule nobody holds the key.
-func TestReview_LateIdentityCheckInAfterAnACSUserCheckOutGivesTheKeyBack(t *testing.T) {
+func TestReview_LateIdentityCheckInAfterAnACSUserCheckOutDoesNotGiveTheKeyBack(t *testing.T) {
 	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
 	h.seam.AddUserIdentity(identReview)
 	acsUser := seamtest.DerivedACSUserID(identReview)
@@ -309,7 +309,7 @@ func TestReview_ResultsStreamHiccupIsNotAPoisonMessage(t *testing.T) {
 // outcome the dead owner had already published: when the delivery that
 // reaches the limit is one whose predecessor published its result and died
 // before recording it, the event gets a result and a dead letter.
-func TestReview_PoisonLimitReachedAfterAPublishedResultGivesTwoOutcomes(t *testing.T) {
+func TestReview_PoisonLimitReachedAfterAPublishedResultGivesOneOutcome(t *testing.T) {
 	cfg := crashConfig()
 	cfg.MaxDeliver = 1
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
@@ -348,7 +348,7 @@ func (h *harness) workerAt(js jetstream.JetStream, seam consumer.SeamCaller, own
 // (later: the fleet was down a while), finds the result, and dies too before
 // recording it; owner 3 takes over from owner 2 and scans only owner 2's
 // span: it publishes the result a second time, past the duplicate window.
-func TestReview_SecondTakeOverForgetsTheFirstOwnersPublishedResult(t *testing.T) {
+func TestReview_SecondTakeOverRemembersTheFirstOwnersPublishedResult(t *testing.T) {
 	cfg := crashConfig()
 	cfg.MaxDeliver = 5
 	cfg.DuplicateWindow = time.Second
