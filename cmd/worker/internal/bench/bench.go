@@ -1,6 +1,7 @@
 // Package bench is `worker bench`: keyworker measured against the floor, a
 // bare consume, one Seam call, ack loop, on an embedded JetStream server and
-// a Seam fake in this process.
+// a Seam fake in this process; and keyworker alone on Seam's bad days (an
+// outage, an unannounced rate limit).
 package bench
 
 import (
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,8 +26,9 @@ const usage = `Usage: worker bench [--quick] [--json] [--scenario P1,P2,...] [--
 
 Measures keyworker against the floor: a bare consume -> one POST to Seam ->
 ack loop on the same stream, with the same concurrency, no idempotency and no
-results. Each run gets a fresh embedded JetStream server (file store in a
-temporary directory) and a Seam fake, both in this process, on loopback only.
+results; P6 and P7 measure keyworker alone on Seam's bad days. Each run
+gets a fresh embedded JetStream server (file store in a temporary
+directory) and a Seam fake, both in this process, on loopback only.
 
   P1  zero-latency fake: keyworker events/s / floor events/s   target >= 0.5
   P2  fake latency 100 ms, concurrency 64: events/s / 640       target >= 0.9
@@ -34,6 +37,13 @@ temporary directory) and a Seam fake, both in this process, on loopback only.
   P4  worker-added p99 latency at an offered 500 events/s      target <= 5 ms
   P5  peak RSS at concurrency 256, the worker in its own process
                                                                 target <= 64 MiB
+  P6  keyworker alone, Seam down 30 s (--quick: 10 s; reset and 503
+      alternating), then healthy: seconds from Seam healthy to
+      the last outcome                                          target <= 90 s
+      and Seam requests/s while down                            target <= 5/s
+  P7  keyworker alone, Seam enforcing 10 calls/s unannounced, no
+      KEYWORKER_SEAM_RPS: share of Seam answers that were 429  target <= 0.25
+      and events/s                                              target >= 5
 
 The report's notes say how each figure is measured. Figures on a machine
 shared with other work are noisy: the CPU/ev and cpu wait columns show it.
@@ -77,6 +87,15 @@ type scenario struct {
 	Child       bool          // run the pipelines in child processes when possible
 	Repeat      int           // runs of each pipeline, the best kept (default 1)
 	Timeout     time.Duration // hard limit of one run
+	// KeyworkerOnly runs keyworker alone: the floor, which acks whatever
+	// Seam answers, has nothing to say about a bad day.
+	KeyworkerOnly bool
+	// Outage keeps the Seam fake down (reset and 503 page, alternating)
+	// this long from the pipeline's start, then healthy.
+	Outage time.Duration
+	// RateLimit is the calls per second the fake enforces (a bucket of as
+	// many), unannounced: the worker gets no KEYWORKER_SEAM_RPS.
+	RateLimit float64
 }
 
 func allScenarios(quick bool) []scenario {
@@ -86,8 +105,10 @@ func allScenarios(quick bool) []scenario {
 		{ID: "P3", Title: "20% transient faults (503 HTML, 429 Retry-After 1 s)", Events: 40000, Concurrency: 32, FaultRate: 0.2},
 		{ID: "P4", Title: "offered 500 events/s, zero-latency fake", Events: 10000, Concurrency: 32, OfferedRate: 500},
 		{ID: "P5", Title: "concurrency 256, fake latency 100 ms", Events: 10000, Concurrency: 256, Latency: 100 * time.Millisecond, Child: true},
+		{ID: "P6", Events: 2000, Concurrency: 32, KeyworkerOnly: true, Outage: 30 * time.Second},
+		{ID: "P7", Title: "Seam enforcing 10 calls/s unannounced, no KEYWORKER_SEAM_RPS", Events: 400, Concurrency: 32, KeyworkerOnly: true, RateLimit: 10},
 	}
-	quickEvents := map[string]int{"P1": 5000, "P2": 1280, "P3": 10000, "P4": 1000, "P5": 2000}
+	quickEvents := map[string]int{"P1": 5000, "P2": 1280, "P3": 10000, "P4": 1000, "P5": 2000, "P6": 500, "P7": 150}
 	for i := range full {
 		s := &full[i]
 		s.FullEvents = s.Events
@@ -96,8 +117,32 @@ func allScenarios(quick bool) []scenario {
 			s.Events = quickEvents[s.ID]
 			s.Timeout = 20 * time.Second
 		}
+		switch {
+		case s.Outage > 0:
+			if quick {
+				s.Outage = 10 * time.Second
+			}
+			s.Title = fmt.Sprintf("Seam down %s (reset and 503 alternating), then healthy", seconds(s.Outage))
+			// The goal is every outcome within 90 s of Seam's recovery; a
+			// quick run's backlog is a quarter of a full one's.
+			s.Timeout = s.Outage + 120*time.Second
+			if quick {
+				s.Timeout = s.Outage + 60*time.Second
+			}
+		case s.RateLimit > 0:
+			// At the limit a full run takes 40 s (issue 10 allows 80 s).
+			s.Timeout = 120 * time.Second
+			if quick {
+				s.Timeout = 60 * time.Second
+			}
+		}
 	}
 	return full
+}
+
+// seconds formats a duration as the report does: "30 s".
+func seconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
 }
 
 // Run is `worker bench`; args are those after the command name.
@@ -109,7 +154,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
 	var o options
 	var scen string
-	fs.BoolVar(&o.quick, "quick", false, "scaled-down event counts: everything in under a minute")
+	fs.BoolVar(&o.quick, "quick", false, "scaled-down event counts and a 10 s outage: everything in about a minute")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
 	fs.StringVar(&scen, "scenario", "", "comma-separated scenarios to run (default: all), e.g. P1,P4")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the keyworker runs to this file")
@@ -130,7 +175,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			continue
 		}
 		if !slices.ContainsFunc(known, func(s scenario) bool { return s.ID == id }) {
-			return &cli.UsageError{Msg: fmt.Sprintf("bench: unknown scenario %q (P1 to P5)", id)}
+			return &cli.UsageError{Msg: fmt.Sprintf("bench: unknown scenario %q (%s to %s)", id, known[0].ID, known[len(known)-1].ID)}
 		}
 		o.scenarios = append(o.scenarios, id)
 	}
@@ -191,7 +236,9 @@ func runScenarios(ctx context.Context, o options) *report {
 			if r > 0 {
 				rprof = nil // profile the first run only
 			}
-			sr.Floor = keepBest(sr.Floor, runOne(ctx, o, s, pipelineFloor, child, nil))
+			if !s.KeyworkerOnly {
+				sr.Floor = keepBest(sr.Floor, runOne(ctx, o, s, pipelineFloor, child, nil))
+			}
 			sr.Keyworker = keepBest(sr.Keyworker, runOne(ctx, o, s, pipelineKeyworker, child, rprof))
 		}
 		if s.ID == "P1" {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -198,6 +199,13 @@ func startEnvironment(ctx context.Context, s scenario, ev *eventSet) (_ *environ
 	if s.Latency > 0 {
 		opts = append(opts, seamtest.WithLatency(s.Latency))
 	}
+	if s.Outage > 0 {
+		// Down from the start; endOutage brings it back.
+		opts = append(opts, seamtest.WithDown(seamtest.DownMixed))
+	}
+	if s.RateLimit > 0 {
+		opts = append(opts, seamtest.WithRateLimit(s.RateLimit, max(1, int(math.Ceil(s.RateLimit)))))
+	}
 	e.fake = seamtest.New(opts...)
 	e.seam = &timedSeam{next: e.fake, fake: e.fake, ev: ev, faultRate: s.FaultRate, rng: mrand.New(mrand.NewPCG(6, 7))}
 	e.seamURL, e.stopSeam, err = serveSeam(e.seam)
@@ -327,6 +335,50 @@ func (e *environment) offer(ctx context.Context, ev *eventSet, rate float64) err
 		}
 	}
 	return e.waitPublished(ctx)
+}
+
+// outageClock ends the Seam fake's outage on time and records what the
+// fake saw while it was down.
+type outageClock struct {
+	timer *time.Timer
+	start time.Time
+
+	mu        sync.Mutex
+	healthyAt time.Time // zero: still down
+	calls     int       // calls the fake received while down
+}
+
+// endOutage brings the fake back up at start+d. The calls received until
+// then are counted just before: a call racing the switch may be missed.
+func (e *environment) endOutage(start time.Time, d time.Duration) *outageClock {
+	c := &outageClock{start: start}
+	c.timer = time.AfterFunc(time.Until(start.Add(d)), func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.calls = e.fake.Calls("")
+		e.fake.SetDown(seamtest.DownOff)
+		c.healthyAt = time.Now()
+	})
+	return c
+}
+
+// stop cancels the end of the outage if it has not come yet.
+func (c *outageClock) stop() { c.timer.Stop() }
+
+// result returns the outage's figures given the last outcome's time, or
+// nil while Seam is still down (the run ended first).
+func (c *outageClock) result(lastOutcome time.Time) *outageResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.healthyAt.IsZero() {
+		return nil
+	}
+	secs := c.healthyAt.Sub(c.start).Seconds()
+	r := &outageResult{Seconds: secs, SeamCalls: c.calls, RecoverySeconds: max(0, lastOutcome.Sub(c.healthyAt).Seconds())}
+	if secs > 0 {
+		r.SeamCallsPerSec = float64(c.calls) / secs
+	}
+	return r
 }
 
 // timedSeam wraps the Seam fake: it adds up the time each event's calls

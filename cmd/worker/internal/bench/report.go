@@ -49,10 +49,14 @@ type runResult struct {
 	// RSSScope used during the run, per event, in microseconds.
 	CPUPerEventUs     float64 `json:"cpu_per_event_us"`
 	SeamCallsPerEvent float64 `json:"seam_calls_per_event"`
-	SeamEffects       int     `json:"seam_effects"`
-	SeamErrors        int64   `json:"seam_errors,omitempty"`
-	DeadLetters       int     `json:"dead_letters"`
-	Skipped           int     `json:"skipped"`
+	// SeamCalls counts every call the fake received, refused ones included;
+	// SeamRateLimited those its enforced rate limit answered 429 (P7).
+	SeamCalls       int   `json:"seam_calls"`
+	SeamRateLimited int   `json:"seam_rate_limited"`
+	SeamEffects     int   `json:"seam_effects"`
+	SeamErrors      int64 `json:"seam_errors,omitempty"`
+	DeadLetters     int   `json:"dead_letters"`
+	Skipped         int   `json:"skipped"`
 	// UnmatchedOutcomes counts outcome events that named no bench event:
 	// the worker's outcome ids no longer follow the form the bench expects.
 	UnmatchedOutcomes int `json:"unmatched_outcomes,omitempty"`
@@ -62,9 +66,23 @@ type runResult struct {
 	// CPUWait is the share of the run's wall time in which some runnable
 	// task on the machine waited for a CPU (Linux PSI, /proc/pressure/cpu):
 	// near 0 means the figures are not distorted by CPU contention.
-	CPUWait  float64 `json:"cpu_wait_share"`
-	TimedOut bool    `json:"timed_out"`
-	Error    string  `json:"error,omitempty"`
+	CPUWait float64 `json:"cpu_wait_share"`
+	// Outage is what happened around Seam's outage (P6); nil without one,
+	// or when the run ended before Seam was back.
+	Outage   *outageResult `json:"outage,omitempty"`
+	TimedOut bool          `json:"timed_out"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// outageResult is a run through a Seam outage.
+type outageResult struct {
+	// Seconds Seam was down, from the pipeline's start.
+	Seconds float64 `json:"seconds"`
+	// SeamCalls the fake received while down, and per second of the outage.
+	SeamCalls       int     `json:"seam_calls"`
+	SeamCallsPerSec float64 `json:"seam_calls_per_sec"`
+	// RecoverySeconds is from Seam healthy again to the last outcome.
+	RecoverySeconds float64 `json:"recovery_seconds"`
 }
 
 // latency is a latency distribution in milliseconds.
@@ -103,19 +121,25 @@ func latencies(d []time.Duration) latency {
 
 // scenarioReport is one scenario: both pipelines and the target.
 type scenarioReport struct {
-	Scenario    scenario   `json:"-"`
-	ID          string     `json:"id"`
-	Title       string     `json:"title"`
-	Events      int        `json:"events"`
-	Concurrency int        `json:"concurrency"`
-	LatencyMs   float64    `json:"seam_latency_ms"`
-	FaultRate   float64    `json:"fault_rate,omitempty"`
-	OfferedRate float64    `json:"offered_events_per_sec,omitempty"`
-	Floor       *runResult `json:"floor"`
-	Keyworker   *runResult `json:"keyworker"`
+	Scenario    scenario `json:"-"`
+	ID          string   `json:"id"`
+	Title       string   `json:"title"`
+	Events      int      `json:"events"`
+	Concurrency int      `json:"concurrency"`
+	LatencyMs   float64  `json:"seam_latency_ms"`
+	FaultRate   float64  `json:"fault_rate,omitempty"`
+	OfferedRate float64  `json:"offered_events_per_sec,omitempty"`
+	OutageSecs  float64  `json:"seam_outage_seconds,omitempty"`
+	RateLimit   float64  `json:"seam_rate_limit_per_sec,omitempty"`
+	// Floor is null in the scenarios that run keyworker alone (P6, P7).
+	Floor     *runResult `json:"floor"`
+	Keyworker *runResult `json:"keyworker"`
 	// Baseline is fault-free keyworker at P3's scale, when P1 was not run.
 	Baseline *runResult `json:"baseline,omitempty"`
 	Target   target     `json:"target"`
+	// SecondTarget is a scenario's second figure with a goal of its own
+	// (P6: Seam requests while down; P7: throughput).
+	SecondTarget *target `json:"second_target,omitempty"`
 }
 
 // target is a scenario's figure against its goal.
@@ -137,6 +161,7 @@ func (r *scenarioReport) judge(p1 *runResult) {
 	s := r.Scenario
 	r.ID, r.Title, r.Events, r.Concurrency = s.ID, s.Title, s.Events, s.Concurrency
 	r.LatencyMs, r.FaultRate, r.OfferedRate = float64(s.Latency)/float64(time.Millisecond), s.FaultRate, s.OfferedRate
+	r.OutageSecs, r.RateLimit = s.Outage.Seconds(), s.RateLimit
 	kw := r.Keyworker
 	t := &r.Target
 	usable := func(x *runResult) bool { return x != nil && x.Error == "" && !x.TimedOut && x.Events > 0 }
@@ -193,13 +218,52 @@ func (r *scenarioReport) judge(p1 *runResult) {
 			t.Metric += " (growth of the bench process)"
 			t.Value = mib(kw.PeakRSS - kw.BaselineRSS)
 		}
-	}
-	if t.Missing == "" {
-		if t.Op == ">=" {
-			t.Met = t.Value >= t.Goal
-		} else {
-			t.Met = t.Value <= t.Goal
+	case "P6":
+		t.Metric, t.Unit, t.Op, t.Goal = fmt.Sprintf("keyworker seconds from Seam healthy to the last outcome, after %s down", seconds(s.Outage)), "s", "<=", 90
+		t2 := &target{Metric: "keyworker Seam requests/s while Seam was down", Unit: "/s", Op: "<=", Goal: 5}
+		r.SecondTarget = t2
+		switch {
+		case !usable(kw):
+			t.Missing, t2.Missing = "the keyworker run broke", "the keyworker run broke"
+		case kw.Outage == nil:
+			t.Missing, t2.Missing = "Seam was never back up", "Seam was never back up"
+		default:
+			o := kw.Outage
+			t.Value = o.RecoverySeconds
+			if o.RecoverySeconds > 0 {
+				t.Also = fmt.Sprintf("%.0f events/s after recovery", float64(kw.Events)/o.RecoverySeconds)
+			}
+			t2.Value = o.SeamCallsPerSec
+			t2.Also = fmt.Sprintf("%d calls in %.1f s", o.SeamCalls, o.Seconds)
 		}
+	case "P7":
+		t.Metric, t.Op, t.Goal = fmt.Sprintf("share of Seam answers that were 429 under an unannounced %g calls/s", s.RateLimit), "<=", 0.25
+		t2 := &target{Metric: "keyworker events/s under that limit (issue 10: 400 in 80 s)", Unit: "events/s", Op: ">=", Goal: 5}
+		r.SecondTarget = t2
+		if usable(kw) && kw.SeamCalls > 0 {
+			t.Value = float64(kw.SeamRateLimited) / float64(kw.SeamCalls)
+			t.Also = fmt.Sprintf("%d of %d calls for %d events", kw.SeamRateLimited, kw.SeamCalls, kw.Events)
+			t2.Value = kw.EventsPerSec
+			t2.Also = fmt.Sprintf("%.0f%% of the limit", 100*kw.EventsPerSec/s.RateLimit)
+		} else {
+			t.Missing, t2.Missing = "the keyworker run broke", "the keyworker run broke"
+		}
+	}
+	t.judge()
+	if r.SecondTarget != nil {
+		r.SecondTarget.judge()
+	}
+}
+
+// judge sets Met from the value and the goal, when there is a value.
+func (t *target) judge() {
+	if t.Missing != "" {
+		return
+	}
+	if t.Op == ">=" {
+		t.Met = t.Value >= t.Goal
+	} else {
+		t.Met = t.Value <= t.Goal
 	}
 }
 
@@ -230,7 +294,18 @@ func newReport(quick bool, scenarios []scenario) *report {
 		for _, s := range scenarios {
 			scaled = append(scaled, fmt.Sprintf("%s %d instead of %d", s.ID, s.Events, s.FullEvents))
 		}
-		r.Notes = append(r.Notes, "--quick: event counts scaled down ("+strings.Join(scaled, ", ")+"); ratios are noisier than in a full run.")
+		msg := "--quick: event counts scaled down (" + strings.Join(scaled, ", ") + ")"
+		for _, s := range scenarios {
+			if s.Outage == 0 {
+				continue
+			}
+			for _, f := range allScenarios(false) {
+				if f.ID == s.ID && f.Outage != s.Outage {
+					msg += fmt.Sprintf(", %s's Seam outage too (%s instead of %s)", s.ID, seconds(s.Outage), seconds(f.Outage))
+				}
+			}
+		}
+		r.Notes = append(r.Notes, msg+"; ratios are noisier than in a full run.")
 	}
 	r.Notes = append(r.Notes,
 		"Each run has a fresh embedded JetStream server (file store in a temp dir) and Seam fake in this process; all traffic is loopback. Every event has its own credential and user, so ordering leases never serialise events.",
@@ -242,6 +317,19 @@ func newReport(quick bool, scenarios []scenario) *report {
 		"CPU/ev: user and system CPU time of the process per event during the run; for in-process runs that includes the NATS server, the Seam fake and the bench's publisher and observer, which both pipelines share. It is steadier than events/s on a shared machine. (own) marks a child process measured alone.",
 		"Peak RSS: the kernel's high-water mark (VmHWM), reset before each run by writing 5 to /proc/self/clear_refs. For in-process runs it is the whole bench process: embedded NATS server, Seam fake, publisher and pipeline.",
 	)
+	var alone []string
+	for _, s := range scenarios {
+		if s.KeyworkerOnly {
+			alone = append(alone, s.ID)
+		}
+	}
+	switch len(alone) {
+	case 0:
+	case 1:
+		r.Notes = append(r.Notes, alone[0]+" runs keyworker alone"+aloneNote)
+	default:
+		r.Notes = append(r.Notes, strings.Join(alone[:len(alone)-1], ", ")+" and "+alone[len(alone)-1]+" run keyworker alone"+aloneNote)
+	}
 	for _, s := range scenarios {
 		if s.Child {
 			r.Notes = append(r.Notes, s.ID+" runs each pipeline in a child process (keyworker as `worker run`, logging at info level to a pipe), against the same NATS server and fake; its peak RSS and CPU/ev are that process alone, and the floor reports each ack on a core NATS subject, where its latency ends. Without an executable to re-run (tests), it runs in process and the target counts the growth of the bench process over its RSS before the run.")
@@ -249,9 +337,18 @@ func newReport(quick bool, scenarios []scenario) *report {
 		if s.FaultRate > 0 {
 			r.Notes = append(r.Notes, fmt.Sprintf("%s injects faults in %.0f%% of all Seam calls (half 503 HTML pages, half 429 with Retry-After: 1) with the fake's FailNext; keyworker retries them, the floor acks regardless.", s.ID, 100*s.FaultRate))
 		}
+		if s.Outage > 0 {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s pre-loads the stream; the Seam fake is down from the pipeline's start for %s (SetDown(DownMixed): every call alternately gets a TCP reset or an HTML 503 page, nothing applied), then healthy. Requests/s while down = calls the fake received during the outage / its length; recovery = Seam healthy to the last outcome (it includes the health gate's next probe, at most 5 s away, and draining the backlog). events/s and latencies of its row include the outage.", s.ID, seconds(s.Outage)))
+		}
+		if s.RateLimit > 0 {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s pre-loads the stream; the Seam fake enforces %g calls/s (a token bucket of %d, across endpoints) that the worker is not told about, answering each call over it 429 with a Retry-After. The 429 share is the fake's rate-limited answers over every call it received; a refused call takes no token, so events/s, over the whole run, can approach the limit divided by the calls an event needs once admitted (one assign for these check-ins).", s.ID, s.RateLimit, max(1, int(math.Ceil(s.RateLimit)))))
+		}
 	}
 	return r
 }
+
+// aloneNote ends the note on the scenarios that run keyworker alone.
+const aloneNote = ", with its defaults (KEYWORKER_RETRY_FOR 24 h, KEYWORKER_MAX_DELIVER 10, no KEYWORKER_SEAM_RPS): the floor acks whatever Seam answers, so it has nothing to show on a bad day and no row. Every event still has its own credential, so only Seam holds events back, never an ordering lease; the run breaks unless every event ends with one credential.assigned and no dead letter."
 
 // broken lists the runs that broke: the bench's exit status reflects them.
 func (r *report) broken() []string {
@@ -330,8 +427,7 @@ func (r *report) writeTable(w io.Writer) {
 
 	fmt.Fprintln(w, "\ntargets")
 	rows = nil
-	for _, s := range r.Scenarios {
-		t := s.Target
+	targetRow := func(id string, t target) {
 		value, verdict := "n/a", "n/a: "+t.Missing
 		if t.Missing == "" {
 			prec := 3 // a ratio: enough digits that a miss never rounds to the goal
@@ -347,11 +443,20 @@ func (r *report) writeTable(w io.Writer) {
 		unit := ""
 		if t.Unit != "" {
 			unit = " " + t.Unit
+			if strings.HasPrefix(t.Unit, "/") {
+				unit = t.Unit // 3.2/s
+			}
 		}
 		if t.Also != "" {
 			verdict += " (" + t.Also + ")"
 		}
-		rows = append(rows, []string{s.ID, t.Metric, value + unit, fmt.Sprintf("%s %g%s", t.Op, t.Goal, unit), verdict})
+		rows = append(rows, []string{id, t.Metric, value + unit, fmt.Sprintf("%s %g%s", t.Op, t.Goal, unit), verdict})
+	}
+	for _, s := range r.Scenarios {
+		targetRow(s.ID, s.Target)
+		if s.SecondTarget != nil {
+			targetRow(s.ID, *s.SecondTarget)
+		}
 	}
 	writeColumns(w, rows, "llrrl")
 	fmt.Fprintln(w, "\nnotes")

@@ -102,6 +102,13 @@ func execute(ctx context.Context, o options, s scenario, pipeline string, child 
 		}
 		defer prof.finishCPU()
 	}
+	var outage *outageClock
+	if s.Outage > 0 {
+		// The fake has been down since it started; the outage counts from
+		// here, so that every call of the pipeline falls inside it.
+		outage = env.endOutage(time.Now(), s.Outage)
+		defer outage.stop()
+	}
 	switch {
 	case child:
 		p, err = startChild(runCtx, o.exe, env, s, pipeline)
@@ -183,6 +190,9 @@ func execute(ctx context.Context, o options, s scenario, pipeline string, child 
 		res.SeamErrors = p.seamErrors()
 	}
 	res.measure(ev, env, start, end)
+	if outage != nil {
+		res.Outage = outage.result(end)
+	}
 	if res.Events > 0 {
 		res.CPUPerEventUs = float64(cpu) / float64(time.Microsecond) / float64(res.Events)
 	}
@@ -196,8 +206,10 @@ func (r *runResult) measure(ev *eventSet, env *environment, start, end time.Time
 	r.Skipped = int(ev.skipped.Load())
 	r.UnmatchedOutcomes = int(ev.unknown.Load())
 	r.SeamEffects = env.fake.TotalEffects()
+	r.SeamCalls = env.fake.Calls("")
+	r.SeamRateLimited = env.fake.RateLimited()
 	if r.Events > 0 {
-		r.SeamCallsPerEvent = float64(env.fake.Calls("")) / float64(r.Events)
+		r.SeamCallsPerEvent = float64(r.SeamCalls) / float64(r.Events)
 	}
 	if secs := end.Sub(start).Seconds(); r.Events > 0 && secs > 0 {
 		r.Seconds = secs
