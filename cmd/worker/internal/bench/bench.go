@@ -32,7 +32,7 @@ directory) and a Seam fake, both in this process, on loopback only.
 
   P1  zero-latency fake: keyworker events/s / floor events/s   target >= 0.5
   P2  fake latency 100 ms, concurrency 64: events/s / 640       target >= 0.9
-  P3  20% transient faults (503 HTML, 429 Retry-After 1 s): steady
+  P3  20% transient faults (503 and 502 gateway pages): steady
       events/s / P1 fault-free keyworker steady events/s        target >= 0.8
   P4  worker-added p99 latency at an offered 500 events/s      target <= 5 ms
   P5  peak RSS at concurrency 256, the worker in its own process
@@ -102,7 +102,7 @@ func allScenarios(quick bool) []scenario {
 	full := []scenario{
 		{ID: "P1", Title: "zero-latency fake", Events: 20000, Concurrency: 32, Repeat: 3},
 		{ID: "P2", Title: "fake latency 100 ms, concurrency 64", Events: 6400, Concurrency: 64, Latency: 100 * time.Millisecond},
-		{ID: "P3", Title: "20% transient faults (503 HTML, 429 Retry-After 1 s)", Events: 40000, Concurrency: 32, FaultRate: 0.2},
+		{ID: "P3", Title: "20% transient faults (503 and 502 gateway pages)", Events: 40000, Concurrency: 32, FaultRate: 0.2},
 		{ID: "P4", Title: "offered 500 events/s, zero-latency fake", Events: 10000, Concurrency: 32, OfferedRate: 500},
 		{ID: "P5", Title: "concurrency 256, fake latency 100 ms", Events: 10000, Concurrency: 256, Latency: 100 * time.Millisecond, Child: true},
 		{ID: "P6", Events: 2000, Concurrency: 32, KeyworkerOnly: true, Outage: 30 * time.Second},

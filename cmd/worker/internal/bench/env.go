@@ -412,7 +412,7 @@ func (b *timedSeam) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// concurrent call may take this one: the rate stays the same.
 			fault := seamtest.HTML(http.StatusServiceUnavailable)
 			if b.faults%2 == 1 {
-				fault = seamtest.Status429("1")
+				fault = seamtest.HTML(http.StatusBadGateway)
 			}
 			b.faults++
 			b.fake.FailNext(1, r.URL.Path, fault)
