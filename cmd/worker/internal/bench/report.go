@@ -189,7 +189,7 @@ func (r *scenarioReport) judge(p1 *runResult) {
 		if r.Baseline != nil {
 			base, name = r.Baseline, "fault-free"
 		}
-		// Steady rates: an event that meets a 429 finishes at least 1 s after
+		// Steady rates: an event that meets a fault finishes after
 		// the rest, whatever the throughput, and that tail would dominate.
 		t.Metric, t.Op, t.Goal = "keyworker steady events/s with faults / "+name+" keyworker steady events/s", ">=", 0.8
 		if usable(kw) && usable(base) && base.SteadyEventsPerSec > 0 {
@@ -311,7 +311,7 @@ func newReport(quick bool, scenarios []scenario) *report {
 		"Each run has a fresh embedded JetStream server (file store in a temp dir) and Seam fake in this process; all traffic is loopback. Every event has its own credential and user, so ordering leases never serialise events.",
 		"Floor: pull from the same durable consumer, decode, one POST /acs/credentials/assign, ack; no validation, idempotency, ordering, retries or outcome events. Its latency ends at the ack; keyworker's at the outcome event, seen by a core NATS subscription.",
 		"P1 runs each pipeline 3 times, alternating, and reports each one's fastest run (all runs' events/s are in the JSON): interference from other processes only slows a run.",
-		"events/s is all events over the run's time (from the pipeline's start, or the first publish in P4, to the last outcome); steady ev/s is the rate between the 5th and 95th percentile of completion times, leaving out the ramp-up and the tail. P3's target uses steady rates: an event that meets a 429 ends at least 1 s after the others whatever the throughput, so its tail would otherwise measure the run's length (P3 is large for the same reason).",
+		"events/s is all events over the run's time (from the pipeline's start, or the first publish in P4, to the last outcome); steady ev/s is the rate between the 5th and 95th percentile of completion times, leaving out the ramp-up and the tail. P3's target uses steady rates: an event that meets a fault ends after its retry delays whatever the throughput, so its tail would otherwise measure the run's length (P3 is large for the same reason).",
 		"Latency is from publish. P1, P2, P3 and P5 pre-load the stream, so their end-to-end figures include the wait in the backlog; P4 publishes at a fixed rate during the run and is the latency scenario. Worker-added = end-to-end minus the time the event's calls spent inside the Seam fake (latency, handling, injected faults).",
 		"cpu wait: the share of the run's time in which some task on the machine waited for a CPU (Linux pressure stall information). The bench's own threads count too, so saturated runs (P1, P3, P5) show some; in P4, which uses a fraction of the CPUs, a high figure means other processes competed and the latency tail shows it.",
 		"CPU/ev: user and system CPU time of the process per event during the run; for in-process runs that includes the NATS server, the Seam fake and the bench's publisher and observer, which both pipelines share. It is steadier than events/s on a shared machine. (own) marks a child process measured alone.",
@@ -335,7 +335,7 @@ func newReport(quick bool, scenarios []scenario) *report {
 			r.Notes = append(r.Notes, s.ID+" runs each pipeline in a child process (keyworker as `worker run`, logging at info level to a pipe), against the same NATS server and fake; its peak RSS and CPU/ev are that process alone, and the floor reports each ack on a core NATS subject, where its latency ends. Without an executable to re-run (tests), it runs in process and the target counts the growth of the bench process over its RSS before the run.")
 		}
 		if s.FaultRate > 0 {
-			r.Notes = append(r.Notes, fmt.Sprintf("%s injects faults in %.0f%% of all Seam calls (half 503 HTML pages, half 429 with Retry-After: 1) with the fake's FailNext; keyworker retries them, the floor acks regardless.", s.ID, 100*s.FaultRate))
+			r.Notes = append(r.Notes, fmt.Sprintf("%s injects faults in %.0f%% of all Seam calls (half 503, half 502 HTML gateway pages; 429s are P7's, sent as Seam sends them, to a client over its rate) with the fake's FailNext; keyworker retries them, the floor acks regardless.", s.ID, 100*s.FaultRate))
 		}
 		if s.Outage > 0 {
 			r.Notes = append(r.Notes, fmt.Sprintf("%s pre-loads the stream; the Seam fake is down from the pipeline's start for %s (SetDown(DownMixed): every call alternately gets a TCP reset or an HTML 503 page, nothing applied), then healthy. Requests/s while down = calls the fake received during the outage / its length; recovery = Seam healthy to the last outcome (it includes the health gate's next probe, at most 5 s away, and draining the backlog). events/s and latencies of its row include the outage.", s.ID, seconds(s.Outage)))
