@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -48,21 +48,23 @@ func fastConfig() consumer.Config {
 
 func newHarness(t *testing.T, cfg consumer.Config, opts ...seamtest.Option) *harness {
 	t.Helper()
-	_, url := embedded.StartTest(t)
-	nc, js := embedded.ConnectTest(t, url)
+	_, url := natstest.StartTest(t)
+	nc, js := natstest.ConnectTest(t, url)
 	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, url: url, nc: nc, js: js, seam: seamtest.NewServer(t, opts...), cfg: cfg}
+	seam := seamtest.NewServer(opts...)
+	t.Cleanup(seam.Close)
+	return &harness{t: t, url: url, nc: nc, js: js, seam: seam, cfg: cfg}
 }
 
 // newWorker builds a worker with its own NATS connection, like a replica.
 func (h *harness) newWorker(opts ...consumer.Option) *consumer.Worker {
 	h.t.Helper()
-	_, js := embedded.ConnectTest(h.t, h.url)
+	_, js := natstest.ConnectTest(h.t, h.url)
 	client, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
 	if err != nil {
 		h.t.Fatal(err)
@@ -143,7 +145,7 @@ func (o outcome) sourceID() string {
 func (h *harness) waitOutcomes(n int, within time.Duration) []outcome {
 	h.t.Helper()
 	var got []outcome
-	embedded.WaitFor(h.t, within, func() error {
+	natstest.WaitFor(h.t, within, func() error {
 		got = h.outcomes()
 		if len(got) < n {
 			return fmt.Errorf("%d outcome events, want %d", len(got), n)
@@ -199,7 +201,7 @@ func (h *harness) outcomes() []outcome {
 // unacknowledged: every published event has been settled for good.
 func (h *harness) waitDrained(within time.Duration) {
 	h.t.Helper()
-	embedded.WaitFor(h.t, within, func() error {
+	natstest.WaitFor(h.t, within, func() error {
 		c, err := h.js.Consumer(context.Background(), h.cfg.InputStream, h.cfg.Durable)
 		if err != nil {
 			return err

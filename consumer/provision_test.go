@@ -10,13 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 )
 
 func newJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	_, url := embedded.StartTest(t)
-	_, js := embedded.ConnectTest(t, url)
+	_, url := natstest.StartTest(t)
+	_, js := natstest.ConnectTest(t, url)
 	return js
 }
 

@@ -24,7 +24,7 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 )
 
 // Passwords the tests give the users of deploy/nats/nats-server.conf.
@@ -195,7 +195,7 @@ func startCluster(t *testing.T, image string, nw *testcontainers.DockerNetwork) 
 // Kubernetes readiness probe on NATS waits for.
 func (c *natsCluster) waitHealthy(t *testing.T, within time.Duration) {
 	t.Helper()
-	embedded.WaitFor(t, within, func() error {
+	natstest.WaitFor(t, within, func() error {
 		for _, n := range c.names {
 			if st, _ := c.nodes[n].State(t.Context()); st == nil || !st.Running {
 				continue
@@ -414,7 +414,7 @@ func httpGet(ctx context.Context, url string) (int, []byte, error) {
 func readyz(t *testing.T, base string, want int, within time.Duration) []byte {
 	t.Helper()
 	var body []byte
-	embedded.WaitFor(t, within, func() error {
+	natstest.WaitFor(t, within, func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 		defer cancel()
 		code, b, err := httpGet(ctx, base+"/readyz")

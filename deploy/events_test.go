@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -171,7 +171,7 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string) ([]j
 func waitSettled(t *testing.T, js jetstream.JetStream, n int, within time.Duration) []outcome {
 	t.Helper()
 	var got []outcome
-	embedded.WaitFor(t, within, func() error {
+	natstest.WaitFor(t, within, func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		defer cancel()
 		c, err := js.Consumer(ctx, consumer.DefaultInputStream, consumer.DefaultDurable)

@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/idempotency"
 )
 
@@ -106,7 +106,7 @@ func TestStreamFiles_EqualWhatTheWorkerProvisions(t *testing.T) {
 // request), with one replica since the server is alone, and then checks
 // that the worker's provisioning finds nothing to change.
 func TestStreamFiles_AppliedByAnOperatorAreAcceptedByTheWorker(t *testing.T) {
-	_, url := embedded.StartTest(t)
+	_, url := natstest.StartTest(t)
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)

@@ -8,14 +8,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 )
 
 // newJetStream starts an embedded server for the test and connects to it.
 func newJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	_, url := embedded.StartTest(t)
-	_, js := embedded.ConnectTest(t, url)
+	_, url := natstest.StartTest(t)
+	_, js := natstest.ConnectTest(t, url)
 	return js
 }
 

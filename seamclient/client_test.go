@@ -27,7 +27,8 @@ const (
 // newFake starts a fake that knows the test key and returns a client for it.
 func newFake(t *testing.T, fopts []seamtest.Option, copts ...seamclient.Option) (*seamtest.Server, *seamclient.Client) {
 	t.Helper()
-	srv := seamtest.NewServer(t, append([]seamtest.Option{seamtest.WithAPIKey(apiKey)}, fopts...)...)
+	srv := seamtest.NewServer(append([]seamtest.Option{seamtest.WithAPIKey(apiKey)}, fopts...)...)
+	t.Cleanup(srv.Close)
 	c, err := seamclient.New(srv.URL, apiKey, copts...)
 	if err != nil {
 		t.Fatal(err)
@@ -464,7 +465,8 @@ func TestErrors_NeverContainTheAPIKeyOrACode(t *testing.T) {
 	}
 
 	// Seam's own refusals and transport failures.
-	srv := seamtest.NewServer(t, seamtest.WithAPIKey("the_right_key"))
+	srv := seamtest.NewServer(seamtest.WithAPIKey("the_right_key"))
+	t.Cleanup(srv.Close)
 	c, err := seamclient.New(srv.URL, apiKey, seamclient.WithTimeout(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -209,7 +209,7 @@ func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
 }
 
 func TestPublish_PutsAValidEventOnTheStream(t *testing.T) {
-	_, url := embedded.StartTest(t)
+	_, url := natstest.StartTest(t)
 	t.Setenv("NATS_URL", url)
 	nc, err := nats.Connect(url)
 	if err != nil {

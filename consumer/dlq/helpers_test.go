@@ -11,7 +11,7 @@ import (
 
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/dlq"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
 )
@@ -33,8 +33,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	_, url := embedded.StartTest(t)
-	_, js := embedded.ConnectTest(t, url)
+	_, url := natstest.StartTest(t)
+	_, js := natstest.ConnectTest(t, url)
 	var cfg consumer.Config
 	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
 		t.Fatal(err)

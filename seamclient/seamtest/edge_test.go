@@ -61,7 +61,8 @@ func TestFake_DownFailsEveryCallWithoutApplyingIt(t *testing.T) {
 		{Down503, want503Page},
 	} {
 		t.Run(tc.mode.String(), func(t *testing.T) {
-			s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+			s := NewServer(WithAPIKey(key), WithAutoCreate())
+			t.Cleanup(s.Close)
 			c := newClient(t, s)
 			s.SetDown(tc.mode)
 			for i := range 4 {
@@ -88,7 +89,8 @@ func TestFake_DownFailsEveryCallWithoutApplyingIt(t *testing.T) {
 }
 
 func TestFake_DownMixedAlternatesResetAnd503(t *testing.T) {
-	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithDown(DownMixed))
+	s := NewServer(WithAPIKey(key), WithAutoCreate(), WithDown(DownMixed))
+	t.Cleanup(s.Close)
 	c := newClient(t, s)
 	for i := range 6 {
 		if err := assignVia(t, c, credN(i)); i%2 == 0 {
@@ -109,7 +111,8 @@ func TestFake_DownMixedAlternatesResetAnd503(t *testing.T) {
 }
 
 func TestFake_RefuseKeyAnswers401WhateverTheKey(t *testing.T) {
-	s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+	s := NewServer(WithAPIKey(key), WithAutoCreate())
+	t.Cleanup(s.Close)
 	c := newClient(t, s)
 	s.SetRefuseKey(true)
 	for _, token := range []string{key, "any_other_key"} {
@@ -136,7 +139,8 @@ func TestFake_RefuseKeyAnswers401WhateverTheKey(t *testing.T) {
 		t.Errorf("a wrong key after SetRefuseKey(false): %d", a.status)
 	}
 
-	refusing := NewServer(t, WithAutoCreate(), WithRefuseKey())
+	refusing := NewServer(WithAutoCreate(), WithRefuseKey())
+	t.Cleanup(refusing.Close)
 	if a := post(t, refusing, seamclient.PathGet, `{"acs_credential_id":"`+cred1+`"}`); a.status != 401 {
 		t.Errorf("WithRefuseKey: %d %s", a.status, a.body)
 	}
@@ -144,7 +148,8 @@ func TestFake_RefuseKeyAnswers401WhateverTheKey(t *testing.T) {
 
 func TestFake_RateLimitAdmitsTheBurstThenTheRate(t *testing.T) {
 	const calls, perSecond, burst = 50, 10, 10
-	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithRateLimit(perSecond, burst))
+	s := NewServer(WithAPIKey(key), WithAutoCreate(), WithRateLimit(perSecond, burst))
+	t.Cleanup(s.Close)
 	c := newClient(t, s)
 	start := time.Now()
 	accepted := 0
@@ -190,7 +195,8 @@ func TestFake_RateLimitAdmitsTheBurstThenTheRate(t *testing.T) {
 
 func TestFake_RateLimitRetryAfterIsTheWaitForAToken(t *testing.T) {
 	// One call every 100 s: the second call waits almost all of it.
-	s := NewServer(t, WithAPIKey(key), WithAutoCreate())
+	s := NewServer(WithAPIKey(key), WithAutoCreate())
+	t.Cleanup(s.Close)
 	s.SetRateLimit(0.01, 0) // burst 0 means 1
 	c := newClient(t, s)
 	if err := assignVia(t, c, cred1); err != nil {
@@ -218,7 +224,8 @@ func TestFake_RateLimitRetryAfterIsTheWaitForAToken(t *testing.T) {
 }
 
 func TestFake_TheEdgeComesBeforeFaultsAndInOrder(t *testing.T) {
-	s := NewServer(t, WithAPIKey(key), WithAutoCreate(), WithRateLimit(0.01, 1))
+	s := NewServer(WithAPIKey(key), WithAutoCreate(), WithRateLimit(0.01, 1))
+	t.Cleanup(s.Close)
 	s.FailNext(1, "", SeamError(500, "internal_server_error"))
 
 	// Down beats a refused key, which beats the rate limit; none of them

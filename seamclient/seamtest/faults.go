@@ -80,8 +80,9 @@ func Reset() Fault { return Fault{Kind: FaultReset} }
 func AppliedThenDrop() Fault { return Fault{Kind: FaultAppliedThenDrop} }
 
 // RandomFaults are per-call probabilities in [0, 1]. Transient picks evenly
-// among a 503 HTML page, a 429 with Retry-After 1, a 500 JSON error and a
-// reset before applying; Permanent is a 400 invalid_input for that call
+// among a 503 HTML page, a 502 HTML page, a 500 JSON error and a reset
+// before applying (no 429: Seam answers 429 to a client over its rate,
+// never at random; WithRateLimit models that); Permanent is a 400 invalid_input for that call
 // only; AppliedThenDrop applies, then drops the connection. Values outside
 // [0, 1] are clamped; if they add up to more than 1 the later ones get
 // what is left. The same Seed gives the same sequence of draws.
@@ -110,7 +111,7 @@ func (f *Fake) randomFault() (Fault, bool) {
 	case u < t:
 		return [...]Fault{
 			HTML(http.StatusServiceUnavailable),
-			Status429("1"),
+			HTML(http.StatusBadGateway),
 			SeamError(http.StatusInternalServerError, "internal_server_error"),
 			Reset(),
 		}[f.rng.IntN(4)], true

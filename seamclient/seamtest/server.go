@@ -7,11 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
-	"testing"
 	"time"
 )
 
-// Server is a Fake listening on a loopback port for one test.
+// Server is a Fake listening on a loopback port, for one test or one run,
+// as an httptest.Server is for a handler. The caller closes it.
 type Server struct {
 	*Fake
 	// URL is the base URL to give seamclient.New, e.g. http://127.0.0.1:40123.
@@ -21,9 +21,9 @@ type Server struct {
 	cancel context.CancelFunc
 }
 
-// NewServer starts a Fake on a loopback port and closes it in tb.Cleanup.
-func NewServer(tb testing.TB, opts ...Option) *Server {
-	tb.Helper()
+// NewServer starts a Fake on a loopback port. The caller closes it with
+// Close, for example with defer s.Close() or t.Cleanup(s.Close).
+func NewServer(opts ...Option) *Server {
 	f := New(opts...)
 	// Calls hanging in FaultTimeout or latency end when the server closes,
 	// instead of holding Close for as long as the client waits.
@@ -31,9 +31,7 @@ func NewServer(tb testing.TB, opts ...Option) *Server {
 	ts := httptest.NewUnstartedServer(f)
 	ts.Config.BaseContext = func(net.Listener) context.Context { return base }
 	ts.Start()
-	s := &Server{Fake: f, URL: ts.URL, ts: ts, cancel: cancel}
-	tb.Cleanup(s.Close)
-	return s
+	return &Server{Fake: f, URL: ts.URL, ts: ts, cancel: cancel}
 }
 
 // Client returns an *http.Client set up to reach the server.

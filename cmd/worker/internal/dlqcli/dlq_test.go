@@ -16,7 +16,7 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -57,7 +57,7 @@ func TestDLQReplay_ReplaysExactlyTheRetriesExhaustedDeadLettersOnceSeamRecovers(
 		dlSeqs = append(dlSeqs, m.Sequence)
 	}
 	var assigned []string
-	embedded.WaitFor(t, 15*time.Second, func() error {
+	natstest.WaitFor(t, 15*time.Second, func() error {
 		assigned = assigned[:0]
 		for _, res := range e.results(schemas.SubjectAssigned) {
 			if !slices.Contains(dlSeqs, res.ReplayOf) {
@@ -142,7 +142,7 @@ func TestDLQReplay_SkipsAnEventThatCompletedAndRefusesAFourthReplay(t *testing.T
 
 	// evt-0: the first replay completes it; the next is skipped by idempotency.
 	e.mustCLI("dlq", "replay", "--id", "evt-0", "--yes")
-	embedded.WaitFor(t, 10*time.Second, func() error {
+	natstest.WaitFor(t, 10*time.Second, func() error {
 		if len(e.results(schemas.SubjectAssigned)) != 1 {
 			return errors.New("no credential.assigned for the replay yet")
 		}

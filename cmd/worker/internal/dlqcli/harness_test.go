@@ -19,7 +19,7 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/consumer/embedded"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -60,7 +60,7 @@ func testConfig() consumer.Config {
 
 func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
-	_, url := embedded.StartTest(t)
+	_, url := natstest.StartTest(t)
 	t.Setenv("NATS_URL", url)
 	t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
 	t.Setenv("LOG_LEVEL", "warn")
@@ -178,7 +178,7 @@ func (e *testEnv) streamMsgs(stream string) []*jetstream.RawStreamMsg {
 func (e *testEnv) waitStream(stream string, n int, within time.Duration) []*jetstream.RawStreamMsg {
 	e.t.Helper()
 	var msgs []*jetstream.RawStreamMsg
-	embedded.WaitFor(e.t, within, func() error {
+	natstest.WaitFor(e.t, within, func() error {
 		msgs = e.streamMsgs(stream)
 		if len(msgs) < n {
 			return fmt.Errorf("%s holds %d messages, want %d", stream, len(msgs), n)
