@@ -217,9 +217,6 @@ func (w *Worker) fillCredential(ctx context.Context, j *job) error {
 	return nil
 }
 
-// errNotYet is the cause confirm returns when the change is not applied yet.
-var errNotYet = errors.New("consumer: not applied yet")
-
 // write makes one Seam request that may change the credential.
 func (w *Worker) write(ctx context.Context, j *job, endpoint string, do func(context.Context) (*seamclient.Response, error)) (*seamclient.Response, error) {
 	j.wrote = true
