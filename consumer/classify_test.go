@@ -136,3 +136,17 @@ func TestPacer_A429CutsTheRateOnceAndItGrowsBack(t *testing.T) {
 }
 
 func discard() zerolog.Logger { return zerolog.Nop() }
+
+func TestConfig_IdempotencyRecordsOutliveTheInputStream(t *testing.T) {
+	c := Config{}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.IdempotencyTTL != c.InputMaxAge || c.InputMaxAge != 14*24*time.Hour {
+		t.Fatalf("default TTL %s, input max age %s: want the TTL to default to the max age (14 days)", c.IdempotencyTTL, c.InputMaxAge)
+	}
+	short := Config{IdempotencyTTL: 7 * 24 * time.Hour}
+	if err := short.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("a 7-day TTL under a 14-day stream: err = %v, want ErrInvalidConfig", err)
+	}
+}

@@ -135,7 +135,7 @@ func (w *Worker) complete(ctx context.Context, j *job, status idempotency.Status
 func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
 	var lost *leaseLostError
 	switch {
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, errStopping):
 		return w.handBack(ctx, j, err, 0)
 	case errors.As(err, &lost):
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)

@@ -267,9 +267,19 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 		return w.keepAlive(ctx, j, false)
 	}
 	var epoch uint64
-	probe, _, err := w.gate.admit(ctx, w.heartbeat(), tick)
+	wctx := ctx
+	if w.stopping != nil {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithCancel(ctx)
+		defer context.AfterFunc(w.stopping, cancel)()
+		defer cancel()
+	}
+	probe, _, err := w.gate.admit(wctx, w.heartbeat(), tick)
 	if err == nil {
-		epoch, err = w.pacer.wait(ctx, w.heartbeat(), tick)
+		epoch, err = w.pacer.wait(wctx, w.heartbeat(), tick)
+	}
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		err = errStopping
 	}
 	if err == nil {
 		err = w.unpark(ctx, j)
@@ -285,6 +295,10 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 	}
 	return probe, epoch, nil
 }
+
+// errStopping ends a wait for the gate or the pacer when the worker shuts
+// down: the event is handed back for another replica, not kept waiting.
+var errStopping = errors.New("consumer: shutting down: handing the event back")
 
 // retryForSpent returns a *retryForError once Config.RetryFor has passed
 // since the event's first Seam attempt.
@@ -415,7 +429,7 @@ func permanent(err error) bool {
 	switch {
 	case errors.As(err, &u):
 		return false
-	case errors.As(err, &lost), errors.As(err, &spent):
+	case errors.As(err, &lost), errors.As(err, &spent), errors.Is(err, errStopping):
 		return true
 	case signalOf(err) == signalUnauthorized:
 		return false

@@ -42,6 +42,9 @@ type Worker struct {
 	pacer     *pacer
 
 	maxPayload int
+	// stopping ends when Run's context does: waits for the gate or the
+	// pacer end then, handing their events back at once.
+	stopping   context.Context
 	inFlight   atomic.Int64
 	deliveries atomic.Uint64
 }
@@ -139,6 +142,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	// In-flight events keep running through shutdown until the grace period
 	// ends: cutting a Seam call short turns a clean result into an unknown one.
+	w.stopping = ctx
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
 	stopped := context.AfterFunc(ctx, func() {

@@ -40,12 +40,13 @@ type testEnv struct {
 	stop    func()      // stops the worker, if one runs
 }
 
-// testConfig dead-letters an event still failing after two deliveries
-// of a short in-process retry budget: retries_exhausted in well under a second.
+// testConfig dead-letters an event still failing after a short RetryFor:
+// retries_exhausted in about a second.
 func testConfig() consumer.Config {
 	return consumer.Config{
 		Concurrency:  16,
 		MaxDeliver:   2,
+		RetryFor:     300 * time.Millisecond,
 		RetryBudget:  100 * time.Millisecond,
 		RetryInitial: 10 * time.Millisecond,
 		RetryMax:     40 * time.Millisecond,
