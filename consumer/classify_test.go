@@ -58,7 +58,7 @@ func TestClassification_Table(t *testing.T) {
 func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *testing.T) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	g := newGate(clock, discard(), nil)
+	g := newGate(clock, discard(), nil, time.Second, 5*time.Second)
 	down := &seamclient.TransportError{Path: seamclient.PathAssign, Err: errors.New("connection refused")}
 	for range gateTripAfter - 1 {
 		g.report(false, down)
@@ -79,7 +79,7 @@ func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *tes
 	ticks := 0
 	tick := func() error {
 		ticks++
-		now = now.Add(gateProbeFirst) // time passes while waiting
+		now = now.Add(time.Second) // time passes while waiting
 		return nil
 	}
 	probe, waited, err := g.admit(ctx, time.Millisecond, tick)
@@ -92,8 +92,8 @@ func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *tes
 		t.Fatalf("second admit while probing: probe %v err %v, want to wait", p, err)
 	}
 	g.report(true, down)
-	if g.probeWait != 2*gateProbeFirst {
-		t.Fatalf("probe interval after a failed probe %s, want %s", g.probeWait, 2*gateProbeFirst)
+	if g.probeWait != 2*time.Second {
+		t.Fatalf("probe interval after a failed probe %s, want 2s", g.probeWait)
 	}
 	// A refused key switches the reason; an answer closes it.
 	g.report(false, &seamclient.APIError{StatusCode: 401})

@@ -48,6 +48,11 @@ type Config struct {
 	// failing this long after its first attempt is dead-lettered as
 	// retries_exhausted (default 24 h).
 	RetryFor time.Duration
+	// GateProbeFirst and GateProbeMax space the Seam health gate's probes
+	// while Seam is down or refuses the key: the first after GateProbeFirst,
+	// then doubling up to GateProbeMax (defaults 1 s, 5 s).
+	GateProbeFirst time.Duration
+	GateProbeMax   time.Duration
 	// RetryBudget is the in-process retry time per delivery before the event
 	// is handed back with NakWithDelay (default 10 s).
 	RetryBudget time.Duration
@@ -117,6 +122,8 @@ func (c *Config) Validate() error {
 	setDefault(&c.AckWait, 30*time.Second)
 	setDefault(&c.MaxDeliver, 10)
 	setDefault(&c.RetryFor, 24*time.Hour)
+	setDefault(&c.GateProbeFirst, time.Second)
+	setDefault(&c.GateProbeMax, 5*time.Second)
 	setDefault(&c.RetryBudget, 10*time.Second)
 	setDefault(&c.RetryInitial, 100*time.Millisecond)
 	setDefault(&c.RetryMax, 2*time.Second)

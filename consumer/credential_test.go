@@ -291,3 +291,16 @@ func TestHandle_CrashAfterPublishingThenRestartPastTheDuplicateWindowPublishesNo
 		t.Fatal("not assigned")
 	}
 }
+
+func TestHandle_SameGarbageOnTwoSubjectsGetsTwoDeadLetters(t *testing.T) {
+	h := newHarness(t, fastConfig())
+	h.start(1)
+	garbage := []byte(`{"not": "a cloudevent"`)
+	h.publish(schemas.SubjectCheckedIn, garbage, "")
+	h.publish(schemas.SubjectCheckedOut, garbage, "")
+	h.publish(schemas.SubjectCheckedIn, garbage, "")
+	h.waitDrained(10 * time.Second)
+	if got := h.outcomes(); len(got) != 3 {
+		t.Fatalf("%d dead letters for three undecodable messages, want 3: %v", len(got), subjects(got))
+	}
+}

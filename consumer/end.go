@@ -240,6 +240,15 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
 	}
+	if j.claim == nil && j.meta != nil && j.meta.NumDelivered > 1 && !j.published {
+		// No record to say whether an earlier delivery published it: look,
+		// from when the message was stored.
+		_, found, err := w.findOutcome(ctx, w.cfg.DeadLetterStream, id, j.meta.Timestamp.Add(-scanMargin), w.now().Add(scanMargin))
+		if err != nil {
+			return Outcome{Kind: Retry, Delay: w.cfg.NakDelay, Err: err}
+		}
+		j.published = found
+	}
 	var seq uint64
 	if !j.published {
 		seq, err = w.publish(ctx, subject, id, doc)

@@ -37,15 +37,11 @@ func (s SeamHealth) String() string {
 	return "healthy"
 }
 
-// Tuning of the gate. Five failures in a row with nothing in between is an
-// outage, not bad luck; probing starts after a second and backs off to
-// five, so a worker sends Seam well under a request a second while it is
-// down and notices its return within five seconds.
-const (
-	gateTripAfter  = 5
-	gateProbeFirst = time.Second
-	gateProbeMax   = 5 * time.Second
-)
+// Five failures in a row with nothing in between is an outage, not bad
+// luck. Probing starts after Config.GateProbeFirst (1 s) and backs off to
+// Config.GateProbeMax (5 s), so a worker sends Seam well under a request a
+// second while it is down and notices its return within five seconds.
+const gateTripAfter = 5
 
 // gate is the Seam health gate, a circuit breaker shared by the process's
 // requests. Healthy, every request passes. Open (unavailable or
@@ -56,9 +52,11 @@ const (
 // must keep their leases alive while they wait and be woken at once on
 // recovery, and a refused key opens it at the first answer.
 type gate struct {
-	now     func() time.Time
-	log     zerolog.Logger
-	metrics *Metrics
+	now        func() time.Time
+	log        zerolog.Logger
+	metrics    *Metrics
+	probeFirst time.Duration
+	probeMax   time.Duration
 
 	mu        sync.Mutex
 	state     SeamHealth
@@ -71,8 +69,8 @@ type gate struct {
 	changed   chan struct{} // closed and replaced at every change of state
 }
 
-func newGate(now func() time.Time, log zerolog.Logger, m *Metrics) *gate {
-	g := &gate{now: now, log: log, metrics: m, since: now(), changed: make(chan struct{})}
+func newGate(now func() time.Time, log zerolog.Logger, m *Metrics, probeFirst, probeMax time.Duration) *gate {
+	g := &gate{now: now, log: log, metrics: m, probeFirst: probeFirst, probeMax: probeMax, since: now(), changed: make(chan struct{})}
 	m.observeGate(SeamHealthy)
 	return g
 }
@@ -238,13 +236,13 @@ func (g *gate) open(state SeamHealth, err error) {
 	g.log.Warn().Err(err).Str("state", state.String()).
 		Msg("seam health gate open: pausing Seam requests and new events, probing until Seam answers")
 	g.set(state)
-	g.probeWait = gateProbeFirst
+	g.probeWait = g.probeFirst
 	g.nextProbe = g.now().Add(g.probeWait)
 }
 
 // backOff schedules the next probe after a failed one; g.mu is held.
 func (g *gate) backOff() {
-	g.probeWait = min(2*g.probeWait, gateProbeMax)
+	g.probeWait = min(2*g.probeWait, g.probeMax)
 	g.nextProbe = g.now().Add(g.probeWait)
 }
 

@@ -74,9 +74,17 @@ func (j *job) mark() idempotency.Event {
 func (w *Worker) outcomeID(j *job) string {
 	var id string
 	if j.key == "" {
-		// Undecodable: its bytes are the only identity there is.
-		sum := sha256.Sum256(j.raw)
-		id = "keyworker-raw-" + hex.EncodeToString(sum[:16])
+		// Undecodable: its subject, its place in the input stream (the same
+		// on every redelivery) and its bytes are the only identity there is.
+		// The same garbage published twice is two messages, two dead letters.
+		h := sha256.New()
+		h.Write([]byte(j.msg.Subject() + "\x00"))
+		if j.meta != nil {
+			h.Write([]byte(strconv.FormatUint(j.meta.Sequence.Stream, 10)))
+		}
+		h.Write([]byte("\x00"))
+		h.Write(j.raw)
+		id = "keyworker-raw-" + hex.EncodeToString(h.Sum(nil)[:16])
 	} else {
 		id = "keyworker-" + j.key[:40]
 	}

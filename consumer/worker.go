@@ -97,7 +97,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 		return nil, err
 	}
 	w.validator = v
-	w.gate = newGate(w.now, w.log, w.metrics)
+	w.gate = newGate(w.now, w.log, w.metrics, w.cfg.GateProbeFirst, w.cfg.GateProbeMax)
 	w.pacer = newPacer(w.now, w.seamRPS, w.metrics)
 	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
 	if err != nil {

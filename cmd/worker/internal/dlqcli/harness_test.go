@@ -44,18 +44,22 @@ type testEnv struct {
 // retries_exhausted in about a second.
 func testConfig() consumer.Config {
 	return consumer.Config{
-		Concurrency:  16,
-		MaxDeliver:   2,
-		RetryFor:     300 * time.Millisecond,
-		RetryBudget:  100 * time.Millisecond,
-		RetryInitial: 10 * time.Millisecond,
-		RetryMax:     40 * time.Millisecond,
-		NakDelay:     20 * time.Millisecond,
-		NakDelayMax:  50 * time.Millisecond,
-		BusyDelay:    20 * time.Millisecond,
-		SeamTimeout:  2 * time.Second,
-		Lease:        10 * time.Second,
-		AckWait:      5 * time.Second,
+		Concurrency: 16,
+		MaxDeliver:  2,
+		RetryFor:    300 * time.Millisecond,
+		// Seam failing opens the health gate: probe often, so that every
+		// event makes its attempts and runs out of RetryFor quickly.
+		GateProbeFirst: 20 * time.Millisecond,
+		GateProbeMax:   50 * time.Millisecond,
+		RetryBudget:    100 * time.Millisecond,
+		RetryInitial:   10 * time.Millisecond,
+		RetryMax:       40 * time.Millisecond,
+		NakDelay:       20 * time.Millisecond,
+		NakDelayMax:    50 * time.Millisecond,
+		BusyDelay:      20 * time.Millisecond,
+		SeamTimeout:    2 * time.Second,
+		Lease:          10 * time.Second,
+		AckWait:        5 * time.Second,
 	}
 }
 
