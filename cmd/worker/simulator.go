@@ -30,10 +30,16 @@ With --inspect it also answers, under the same API key:
 
 Example:
   worker seam-simulator --addr 127.0.0.1:8080 --api-key sim-key --latency 20ms
+  worker seam-simulator --down mixed          # rehearse an outage
+  worker seam-simulator --rate-limit 10       # an unannounced rate limit
   SEAM_ENDPOINT=http://127.0.0.1:8080 SEAM_API_KEY=sim-key worker run
 
 Flags:
 `
+
+var downModes = map[string]seamtest.DownMode{
+	"off": seamtest.DownOff, "reset": seamtest.DownReset, "503": seamtest.Down503, "mixed": seamtest.DownMixed,
+}
 
 // simulatorFlags is the seam-simulator command line.
 type simulatorFlags struct {
@@ -42,6 +48,10 @@ type simulatorFlags struct {
 	latency time.Duration
 	faults  seamtest.RandomFaults
 	inspect bool
+	// Seam's bad days, to rehearse them against a worker.
+	down      string
+	refuseKey bool
+	rateLimit float64
 }
 
 func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error {
@@ -51,11 +61,14 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 	fs.StringVar(&sf.addr, "addr", "127.0.0.1:8080", "listen address (0.0.0.0:8080 in a container)")
 	fs.StringVar(&sf.apiKey, "api-key", "", "the only bearer token accepted; empty accepts any ($SEAM_API_KEY)")
 	fs.DurationVar(&sf.latency, "latency", 0, "wait before handling each call")
-	fs.Float64Var(&sf.faults.Transient, "transient-rate", 0, "share of calls failing transiently (503 page, 429, 500, reset)")
+	fs.Float64Var(&sf.faults.Transient, "transient-rate", 0, "share of calls failing transiently (503 or 502 page, 500, reset)")
 	fs.Float64Var(&sf.faults.Permanent, "permanent-rate", 0, "share of calls refused with 400 invalid_input")
 	fs.Float64Var(&sf.faults.AppliedThenDrop, "applied-then-drop-rate", 0, "share of calls applied and then left unanswered")
 	fs.Int64Var(&sf.faults.Seed, "seed", 1, "seed of the random faults; the same seed gives the same sequence")
 	fs.BoolVar(&sf.inspect, "inspect", false, "serve the /_fake/ inspection endpoints")
+	fs.StringVar(&sf.down, "down", "off", "start down: off, reset (connections dropped unanswered), 503 (gateway pages) or mixed")
+	fs.BoolVar(&sf.refuseKey, "refuse-key", false, "answer every call 401, whatever the key")
+	fs.Float64Var(&sf.rateLimit, "rate-limit", 0, "enforce this many calls per second, answering 429 with Retry-After over it; 0 for none")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cli.HelpOr(err, fs, simulatorUsage, stdout)
@@ -91,6 +104,12 @@ func (sf *simulatorFlags) validate() error {
 			return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: %s %v is not between 0 and 1", name, p)}
 		}
 	}
+	if _, ok := downModes[sf.down]; !ok {
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --down %q is not off, reset, 503 or mixed", sf.down)}
+	}
+	if sf.rateLimit < 0 {
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --rate-limit %v must not be negative", sf.rateLimit)}
+	}
 	if sum := sf.faults.Transient + sf.faults.Permanent + sf.faults.AppliedThenDrop; sum > 1 {
 		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: the fault rates add up to %v, more than 1", sum)}
 	}
@@ -106,6 +125,9 @@ func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) er
 		opts = append(opts, seamtest.WithAPIKey(sf.apiKey))
 	}
 	fake := seamtest.New(opts...)
+	fake.SetDown(downModes[sf.down])
+	fake.SetRefuseKey(sf.refuseKey)
+	fake.SetRateLimit(sf.rateLimit, max(1, int(sf.rateLimit)))
 	mux := http.NewServeMux()
 	mux.Handle("/", fake)
 	if sf.inspect {

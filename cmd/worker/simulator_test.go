@@ -246,3 +246,39 @@ func TestSeamSimulator_HelpPrintsUsageAndExitsZero(t *testing.T) {
 		}
 	}
 }
+
+func TestSeamSimulator_RehearsesSeamsBadDays(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		status int
+	}{
+		{[]string{"--down", "503"}, http.StatusServiceUnavailable},
+		{[]string{"--refuse-key"}, http.StatusUnauthorized},
+	} {
+		p := startSimulatorCmd(t, tc.args...)
+		c, err := seamclient.New(p.url, "any")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Assign(t.Context(), seamclient.Request{ACSCredentialID: simCred, ACSUserID: simUser})
+		var api *seamclient.APIError
+		if !errors.As(err, &api) || api.StatusCode != tc.status {
+			t.Errorf("%v: assign: %v, want %d", tc.args, err, tc.status)
+		}
+	}
+	p := startSimulatorCmd(t, "--rate-limit", "1")
+	c, err := seamclient.New(p.url, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := 0
+	for range 5 {
+		_, err := c.Get(t.Context(), simCred)
+		if after, ok := seamclient.RetryAfter(err); ok && after >= time.Second {
+			limited++
+		}
+	}
+	if limited < 3 {
+		t.Errorf("%d of 5 calls at once answered 429 with Retry-After under --rate-limit 1, want at least 3", limited)
+	}
+}
