@@ -155,6 +155,7 @@ func TestHandle_CheckOutWhoseOrderingWriteFailedStillStopsAnOlderCheckIn(t *test
 	h.publish(schemas.SubjectCheckedOut, event(schemas.SubjectCheckedOut, "out-first", checkIn.Add(time.Hour), d), "")
 	h.waitDrained(10 * time.Second)
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "in-late", checkIn, d), "")
+	h.waitOutcomes(2, 10*time.Second)
 	h.waitDrained(10 * time.Second)
 
 	got := h.outcomes()

@@ -217,7 +217,11 @@ func (p *readiness) check(ctx context.Context) []string {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := p.conn.JS().Stream(sctx, p.stream)
 		cancel()
-		if err != nil {
+		switch {
+		case err != nil && !p.conn.NC().IsConnected():
+			// The connection went while asking: that is the reason.
+			reasons = append(reasons, "nats: "+p.conn.NC().Status().String())
+		case err != nil:
 			reasons = append(reasons, "stream "+p.stream+": "+err.Error())
 		}
 	}
