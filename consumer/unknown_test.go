@@ -297,21 +297,7 @@ func (c crashAfterPublish) PublishMsg(ctx context.Context, msg *nats.Msg, opts .
 // process dies right after it publishes to a subject with prefix.
 func (h *harness) handleAndCrashAfterPublish(prefix string) {
 	h.t.Helper()
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cfg := h.cfg
-	cfg.Owner = "crashed-replica"
-	w, err := consumer.New(h.t.Context(), crashAfterPublish{JetStream: js, prefix: prefix}, h.seamClient(), cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	w := h.workerOn(crashAfterPublish{JetStream: h.rawJS(), prefix: prefix}, h.seamClient(), "crashed-replica")
 	crashed := make(chan struct{})
 	msg := h.fetchOne()
 	go func() {
