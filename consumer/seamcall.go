@@ -101,11 +101,16 @@ func (w *Worker) makePlan(ctx context.Context, j *job) error {
 	return nil
 }
 
-// holder reads the credential and returns its holder and its object.
-func (w *Worker) holder(ctx context.Context, j *job) (idempotency.Guest, json.RawMessage, error) {
-	resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
+// readCredential reads the job's credential with /acs/credentials/get.
+func (w *Worker) readCredential(ctx context.Context, j *job) (*seamclient.Response, error) {
+	return w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
 		return w.seam.Get(ctx, j.req.ACSCredentialID)
 	})
+}
+
+// holder reads the credential and returns its holder and its object.
+func (w *Worker) holder(ctx context.Context, j *job) (idempotency.Guest, json.RawMessage, error) {
+	resp, err := w.readCredential(ctx, j)
 	if err != nil {
 		return idempotency.Guest{}, nil, err
 	}
@@ -200,9 +205,7 @@ func (w *Worker) applyOwn(ctx context.Context, j *job, uncertain *bool) error {
 // {}. The change is made: a credential that can no longer be read is
 // reported by its id alone, never a reason to give the change up.
 func (w *Worker) fillCredential(ctx context.Context, j *job) error {
-	resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
-		return w.seam.Get(ctx, j.req.ACSCredentialID)
-	})
+	resp, err := w.readCredential(ctx, j)
 	var api *seamclient.APIError
 	switch {
 	case err == nil:
@@ -338,9 +341,7 @@ func (w *Worker) keepAlive(ctx context.Context, j *job, force bool) error {
 // confirm reads the credential after a request whose outcome is unknown. If
 // it is already in the wanted state, the change was applied: success.
 func (w *Worker) confirm(ctx context.Context, j *job, assign bool, cause error) (*seamclient.Response, error) {
-	resp, err := w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
-		return w.seam.Get(ctx, j.req.ACSCredentialID)
-	})
+	resp, err := w.readCredential(ctx, j)
 	if err != nil {
 		// Cannot tell whether the change was applied: never final.
 		return nil, &unconfirmedError{cause: cause, read: err}

@@ -173,19 +173,7 @@ func (c *Credentials) Release(ctx context.Context, l *CredentialLease, unknown b
 // Get returns the state of a credential and its revision, or an error
 // matching ErrNotFound (with the zero state) when it has none.
 func (c *Credentials) Get(ctx context.Context, credentialID string) (CredentialState, uint64, error) {
-	key := CredentialKey(credentialID)
-	e, err := c.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return CredentialState{}, 0, fmt.Errorf("%w: %s: %w", ErrNotFound, key, err)
-	}
-	if err != nil {
-		return CredentialState{}, 0, fmt.Errorf("idempotency: get %s: %w", key, err)
-	}
-	var st CredentialState
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return CredentialState{}, 0, fmt.Errorf("idempotency: decode credential state %s: %w", key, err)
-	}
-	return st, e.Revision(), nil
+	return getJSON[CredentialState](ctx, c.kv, CredentialKey(credentialID), "credential state")
 }
 
 func clearLease(s *CredentialState) {

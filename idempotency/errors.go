@@ -1,6 +1,8 @@
 package idempotency
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -91,4 +93,21 @@ func isCASConflict(err error) bool {
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 	}
 	return false
+}
+
+// getJSON reads key and decodes its JSON value, with its revision; a
+// missing key is an error matching ErrNotFound (with the zero value).
+func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key, what string) (T, uint64, error) {
+	var v T
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return v, 0, fmt.Errorf("%w: %s: %w", ErrNotFound, key, err)
+	}
+	if err != nil {
+		return v, 0, fmt.Errorf("idempotency: get %s: %w", key, err)
+	}
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		return v, 0, fmt.Errorf("idempotency: decode %s %s: %w", what, key, err)
+	}
+	return v, e.Revision(), nil
 }

@@ -263,18 +263,7 @@ func (s *Store) Decide(ctx context.Context, c *Claim, status Status, outcomeSubj
 // Get returns the record of key and its revision, or an error matching
 // ErrNotFound.
 func (s *Store) Get(ctx context.Context, key string) (Record, uint64, error) {
-	e, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Record{}, 0, fmt.Errorf("%w: %s: %w", ErrNotFound, key, err)
-	}
-	if err != nil {
-		return Record{}, 0, fmt.Errorf("idempotency: get %s: %w", key, err)
-	}
-	var rec Record
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return Record{}, 0, fmt.Errorf("idempotency: decode record %s: %w", key, err)
-	}
-	return rec, e.Revision(), nil
+	return getJSON[Record](ctx, s.kv, key, "record")
 }
 
 // AddReplay counts one more dead-letter replay of key and returns the
