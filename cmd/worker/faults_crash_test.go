@@ -439,7 +439,12 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 			}
 			effects := seam.Effects(r.cred, g.user)
 			maxEffects = max(maxEffects, effects)
-			if effects > 2*len(g.events) {
+			// Each event changes the holder at most twice (its own call, a
+			// removal by the next guest); a worker killed after Seam applied
+			// an assign but before storing it can have a later event read
+			// that holder from Seam and remove it before the redelivery
+			// assigns it again: two more per kill.
+			if effects > 2*len(g.events)+2*len(kills) {
 				t.Errorf("room %s: guest %s has %d effective changes in the fake from %d events", r.cred, g.user, effects, len(g.events))
 			}
 		}
