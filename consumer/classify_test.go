@@ -108,7 +108,7 @@ func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *tes
 
 func TestPacer_A429CutsTheRateOnceAndItGrowsBack(t *testing.T) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	p := newPacer(func() time.Time { return now }, 0, nil)
+	p := newPacer(func() time.Time { return now }, Sleep, 0, nil)
 	for range 20 {
 		p.count()
 	}

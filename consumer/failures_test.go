@@ -2,37 +2,66 @@ package consumer_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
 const assignPath = "/acs/credentials/assign"
 
-func assignTimes(h *harness) []time.Time {
-	var ts []time.Time
-	for _, r := range h.seam.Requests() {
-		if r.Path == assignPath {
-			ts = append(ts, r.At)
-		}
-	}
-	return ts
+// timedSeam notes when, on the worker's clock, each assign was sent.
+type timedSeam struct {
+	consumer.SeamCaller
+	now func() time.Time
+
+	mu      sync.Mutex
+	assigns []time.Time
 }
 
+func (s *timedSeam) Assign(ctx context.Context, r seamclient.Request) (*seamclient.Response, error) {
+	s.mu.Lock()
+	s.assigns = append(s.assigns, s.now())
+	s.mu.Unlock()
+	return s.SeamCaller.Assign(ctx, r)
+}
+
+func (s *timedSeam) times() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.assigns...)
+}
+
+// runTimed runs a worker on a consumertest.Clock until the test ends, and
+// returns its Seam caller, which notes the clock's time of each assign.
+func (h *harness) runTimed() *timedSeam {
+	h.t.Helper()
+	clock := &consumertest.Clock{}
+	seam := &timedSeam{SeamCaller: h.seamClient(), now: clock.Now}
+	consumertest.Run(h.t, consumertest.NewWorker(h.t, h.url, seam, h.cfg, consumer.WithClock(clock.Now), consumer.WithSleeper(clock.Sleep)))
+	return seam
+}
+
+// The worker waits out a 429's Retry-After before it asks again: on its own
+// clock, which the test runs ahead instead of sleeping through the wait.
 func TestHandle_RetryAfterIsHonoured(t *testing.T) {
 	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
 	h.seam.FailNext(1, assignPath, seamtest.Status429("2"))
-	h.start(1)
+	seam := h.runTimed()
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "ra-1", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
 	got := h.waitOutcomes(1, 15*time.Second)
 	if got[0].Subject != schemas.SubjectAssigned || got[0].Result.Attempts != 2 {
 		t.Fatalf("want assigned after 2 attempts, got %s %+v", got[0].Subject, got[0].Result)
 	}
-	ts := assignTimes(h)
+	ts := seam.times()
 	if len(ts) != 2 {
 		t.Fatalf("%d assign calls, want 2", len(ts))
 	}
@@ -181,7 +210,7 @@ func TestHandle_A429PausesEveryRequestOfTheProcess(t *testing.T) {
 	cfg.Concurrency = 1
 	h := newHarness(t, cfg, seamtest.WithAutoCreate())
 	h.seam.FailNext(1, assignPath, seamtest.Status429("2"))
-	h.start(1)
+	seam := h.runTimed()
 	credB, userB := pairIDs(7)
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "slow", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
 	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "other", time.Now(), schemas.GuestData{ACSCredentialID: credB, ACSUserID: userB}), "")
@@ -191,14 +220,14 @@ func TestHandle_A429PausesEveryRequestOfTheProcess(t *testing.T) {
 			t.Fatalf("%s: %s", o.SourceID(), o.Subject)
 		}
 	}
-	ts := assignTimes(h)
+	ts := seam.times()
 	if len(ts) != 3 {
 		t.Fatalf("%d assign calls, want 3 (the 429, its retry, the other event's)", len(ts))
 	}
 	// Knocking again during a rate limit gets a client throttled harder:
 	// the other event, though it took the slot the first gave back, waits too.
 	for _, at := range ts[1:] {
-		if gap := at.Sub(ts[0]); gap < 1900*time.Millisecond {
+		if gap := at.Sub(ts[0]); gap < 2*time.Second {
 			t.Fatalf("a call %s after a 429 with Retry-After: 2", gap)
 		}
 	}

@@ -32,6 +32,7 @@ const (
 // (KEYWORKER_SEAM_RPS) and the shared slowdown after 429s.
 type pacer struct {
 	now     func() time.Time
+	sleep   Sleeper
 	ceiling *rate.Limiter // nil: no ceiling
 	metrics *Metrics
 
@@ -46,8 +47,8 @@ type pacer struct {
 	lastSent int           // in the window before
 }
 
-func newPacer(now func() time.Time, ceiling float64, m *Metrics) *pacer {
-	p := &pacer{now: now, metrics: m, adaptive: rate.NewLimiter(rate.Inf, 1)}
+func newPacer(now func() time.Time, sleep Sleeper, ceiling float64, m *Metrics) *pacer {
+	p := &pacer{now: now, sleep: sleep, metrics: m, adaptive: rate.NewLimiter(rate.Inf, 1)}
 	if ceiling > 0 {
 		p.ceiling = rate.NewLimiter(rate.Limit(ceiling), max(1, int(ceiling)))
 	}
@@ -66,12 +67,12 @@ func (p *pacer) wait(ctx context.Context, interval time.Duration, tick func() er
 		}
 		// No place in a queue is kept: a cut of the rate after a 429 then
 		// holds for every waiter at once.
-		if err := pauseFor(ctx, min(wait, interval), tick); err != nil {
+		if err := p.pauseFor(ctx, min(wait, interval), tick); err != nil {
 			return 0, err
 		}
 	}
 	if p.ceiling != nil {
-		if err := reserve(ctx, p.ceiling, interval, tick); err != nil {
+		if err := p.reserve(ctx, p.ceiling, interval, tick); err != nil {
 			return 0, err
 		}
 	}
@@ -102,13 +103,13 @@ func (p *pacer) take(epoch *uint64) (time.Duration, bool) {
 
 // reserve waits for a token of l, running tick before each wait of at
 // most interval.
-func reserve(ctx context.Context, l *rate.Limiter, interval time.Duration, tick func() error) error {
+func (p *pacer) reserve(ctx context.Context, l *rate.Limiter, interval time.Duration, tick func() error) error {
 	r := l.Reserve()
 	if !r.OK() {
 		return errors.New("consumer: seam rate limit admits no request")
 	}
 	for left := r.Delay(); left > 0; left = r.Delay() {
-		if err := pauseFor(ctx, min(left, interval), tick); err != nil {
+		if err := p.pauseFor(ctx, min(left, interval), tick); err != nil {
 			r.Cancel()
 			return err
 		}
@@ -116,11 +117,11 @@ func reserve(ctx context.Context, l *rate.Limiter, interval time.Duration, tick 
 	return nil
 }
 
-func pauseFor(ctx context.Context, d time.Duration, tick func() error) error {
+func (p *pacer) pauseFor(ctx context.Context, d time.Duration, tick func() error) error {
 	if err := tick(); err != nil {
 		return err
 	}
-	if !sleep(ctx, d) {
+	if !p.sleep(ctx, d) {
 		return ctx.Err()
 	}
 	return nil

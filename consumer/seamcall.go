@@ -63,7 +63,7 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 		w.metrics.observeRetry(endpointOf(j))
 		w.log.Debug().Err(err).Str("event_id", j.event.ID).Dur("next_in", d).Int("attempts", j.attempts).Msg("seam call failed: retrying")
 	}
-	return backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify)
+	return backoff.RetryNotifyWithTimer(op, backoff.WithContext(b, ctx), notify, &sleeperTimer{ctx: ctx, sleep: w.sleep})
 }
 
 func endpointOf(j *job) string {

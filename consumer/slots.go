@@ -49,20 +49,8 @@ func (w *Worker) unpark(ctx context.Context, j *job) error {
 // a slot held again.
 func (w *Worker) wait(ctx context.Context, j *job, d time.Duration) bool {
 	w.park(j)
-	if !sleep(ctx, d) {
+	if !w.sleep(ctx, d) {
 		return false
 	}
 	return w.unpark(ctx, j) == nil
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -37,6 +37,7 @@ type Worker struct {
 	log       zerolog.Logger
 	metrics   *Metrics
 	now       func() time.Time
+	sleep     Sleeper
 	seamRPS   float64
 	gate      *gate
 	pacer     *pacer
@@ -78,6 +79,14 @@ func WithClock(now func() time.Time) Option {
 	return func(w *Worker) error { w.now = now; return nil }
 }
 
+// WithSleeper replaces the waits the worker chooses itself (backoff between
+// attempts, a 429's Retry-After, the rate ceiling, parked retries), so that a
+// test with a virtual clock takes them without sleeping through them.
+// Waits on NATS and on other workers stay real.
+func WithSleeper(s Sleeper) Option {
+	return func(w *Worker) error { w.sleep = s; return nil }
+}
+
 // New builds a Worker on existing streams and buckets (see Provision).
 func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Config, opts ...Option) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
@@ -86,7 +95,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	// Workers built from one Config still own their claims under names of
 	// their own: the delivery counter behind each name starts again per Worker.
 	cfg.Owner += "-" + nuid.Next()[:6]
-	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now}
+	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now, sleep: Sleep}
 	for _, o := range opts {
 		if err := o(w); err != nil {
 			return nil, err
@@ -98,7 +107,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	}
 	w.validator = v
 	w.gate = newGate(w.now, w.log, w.metrics, w.cfg.GateProbeFirst, w.cfg.GateProbeMax)
-	w.pacer = newPacer(w.now, w.seamRPS, w.metrics)
+	w.pacer = newPacer(w.now, w.sleep, w.seamRPS, w.metrics)
 	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.IdempotencyBucket, err)

@@ -227,3 +227,29 @@ func FreeAddr(tb testing.TB) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// Clock runs ahead of real time by every wait it is asked to take, at once:
+// give its Now and Sleep to a worker (consumer.WithClock, WithSleeper) and
+// a Retry-After or a backoff passes without the test sleeping through it.
+type Clock struct {
+	mu    sync.Mutex
+	ahead time.Duration
+}
+
+// Now is real time plus every wait taken so far.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.ahead)
+}
+
+// Sleep takes the wait d at once, unless ctx has ended.
+func (c *Clock) Sleep(ctx context.Context, d time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	c.mu.Lock()
+	c.ahead += max(d, 0)
+	c.mu.Unlock()
+	return true
+}
