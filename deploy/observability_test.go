@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -585,5 +586,154 @@ func TestPromQLSelectors_FindsMetricsNotFunctionsLabelsOrKeywords(t *testing.T) 
 	}
 	if _, err := promqlSelectors(`{__name__="x"}`); err == nil {
 		t.Error("a selector without a metric name was accepted")
+	}
+}
+
+// TestCompose_ObservabilityProfileScrapesTheWorkersWithTheTestedRulesAndDashboard
+// checks the compose file's optional observability profile: Prometheus,
+// Grafana and Jaeger exist only in that profile, with pinned images and
+// loopback-only ports; every file they mount exists; Prometheus loads the
+// alert rules promtool tests and scrapes every worker service on the port
+// its KEYWORKER_HTTP_ADDR listens on, under the job name the rules expect;
+// Grafana's data source is that Prometheus and its dashboard provider
+// reads the mounted dashboard. With docker compose installed, the file
+// with the profile enabled is validated too.
+func TestCompose_ObservabilityProfileScrapesTheWorkersWithTheTestedRulesAndDashboard(t *testing.T) {
+	compose := readYAML(t, "docker-compose.yml")[0]
+	services, _ := compose["services"].(map[string]any)
+	declared, _ := compose["volumes"].(map[string]any)
+	observability := []string{"prometheus", "grafana", "jaeger"}
+	for name, svc := range services {
+		profiles := toStrings(at(svc, "profiles"))
+		if slices.Contains(observability, name) != slices.Equal(profiles, []string{"observability"}) {
+			t.Errorf("%s: profiles %v; want [observability] exactly for %v, none for the rest", name, profiles, observability)
+		}
+	}
+	// mounts maps each observability service's mount destinations to sources.
+	mounts := map[string]map[string]string{}
+	for _, name := range observability {
+		svc := services[name]
+		if svc == nil {
+			t.Fatalf("no service %s", name)
+		}
+		image := str(at(svc, "image"))
+		if m := regexp.MustCompile(`^\$\{[A-Z_]+:-(.+)\}$`).FindStringSubmatch(image); m != nil {
+			image = m[1]
+		}
+		if _, tag, ok := strings.Cut(image, ":"); !ok || !regexp.MustCompile(`^v?[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(tag) {
+			t.Errorf("%s: image %q is not pinned to a version", name, image)
+		}
+		for _, p := range toStrings(at(svc, "ports")) {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("%s publishes %s beyond loopback", name, p)
+			}
+		}
+		mounts[name] = map[string]string{}
+		for _, v := range toStrings(at(svc, "volumes")) {
+			parts := strings.Split(v, ":")
+			if len(parts) < 2 {
+				t.Errorf("%s: volume %q", name, v)
+				continue
+			}
+			src, dst := parts[0], parts[1]
+			mounts[name][dst] = src
+			if strings.HasPrefix(src, "./") {
+				if _, err := os.Stat(filepath.Join(suite.root, "deploy", src)); err != nil {
+					t.Errorf("%s mounts %s, which does not exist: %v", name, src, err)
+				}
+			} else if _, ok := declared[src]; !ok {
+				t.Errorf("%s: volume %q is not declared", name, src)
+			}
+		}
+	}
+
+	// Prometheus: its configuration, the rules promtool tests, the workers.
+	var configFile string
+	for _, a := range toStrings(at(services["prometheus"], "command")) {
+		if v, ok := strings.CutPrefix(a, "--config.file="); ok {
+			configFile = v
+		}
+	}
+	if src := mounts["prometheus"][configFile]; src != "./prometheus/prometheus.yml" {
+		t.Fatalf("Prometheus reads %q, mounted from %q, want ./prometheus/prometheus.yml", configFile, src)
+	}
+	prom := readYAML(t, filepath.Join("prometheus", "prometheus.yml"))[0]
+	rules := toStrings(prom["rule_files"])
+	if len(rules) != 1 || mounts["prometheus"][rules[0]] != "./prometheus/alerts.yaml" {
+		t.Errorf("Prometheus loads rules %v, want the mount of ./prometheus/alerts.yaml (%v)", rules, mounts["prometheus"])
+	}
+	var workers []string
+	for name, svc := range services {
+		if addr := str(at(svc, "environment", "KEYWORKER_HTTP_ADDR")); addr != "" {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				t.Fatalf("%s: KEYWORKER_HTTP_ADDR %q: %v", name, addr, err)
+			}
+			workers = append(workers, name+":"+port)
+		}
+	}
+	sort.Strings(workers)
+	if len(workers) < 2 {
+		t.Fatalf("worker services listening for /metrics: %v", workers)
+	}
+	var job any
+	for _, sc := range at(prom, "scrape_configs").([]any) {
+		if str(at(sc, "job_name")) == "keyworker" {
+			job = sc
+		}
+	}
+	alerts, err := os.ReadFile(filepath.Join(suite.root, "deploy", "prometheus", "alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job == nil || !strings.Contains(string(alerts), `up{job="keyworker"}`) {
+		t.Fatal(`no scrape job "keyworker", the job the alert rules watch with up{job="keyworker"}`)
+	}
+	if p := str(at(job, "metrics_path")); p != "" && p != "/metrics" {
+		t.Errorf("scrape job keyworker: metrics_path %q", p)
+	}
+	var targets []string
+	for _, sc := range at(job, "static_configs").([]any) {
+		targets = append(targets, toStrings(at(sc, "targets"))...)
+	}
+	sort.Strings(targets)
+	if !slices.Equal(targets, workers) {
+		t.Errorf("Prometheus scrapes %v, the workers serve /metrics on %v", targets, workers)
+	}
+
+	// Grafana: data source, dashboard provider, dashboard.
+	var ds, provider map[string]any
+	for dst, src := range mounts["grafana"] {
+		switch {
+		case strings.HasPrefix(dst, "/etc/grafana/provisioning/datasources/"):
+			ds = readYAML(t, src)[0]
+		case strings.HasPrefix(dst, "/etc/grafana/provisioning/dashboards/"):
+			provider = readYAML(t, src)[0]
+		}
+	}
+	if ds == nil || provider == nil {
+		t.Fatalf("Grafana mounts no data source or no dashboard provider: %v", mounts["grafana"])
+	}
+	if str(at(ds, "datasources", 0, "type")) != "prometheus" || str(at(ds, "datasources", 0, "url")) != "http://prometheus:9090" || at(ds, "datasources", 0, "isDefault") != true {
+		t.Errorf("Grafana's data source is not the compose file's Prometheus (http://prometheus:9090) as default: %v", at(ds, "datasources", 0))
+	}
+	dir := str(at(provider, "providers", 0, "options", "path"))
+	if src := mounts["grafana"][dir+"/keyworker.json"]; src != "./grafana/keyworker.json" {
+		t.Errorf("Grafana's dashboard provider reads %s, where ./grafana/keyworker.json is not mounted (%v)", dir, mounts["grafana"])
+	}
+	if at(services["jaeger"], "environment", "COLLECTOR_OTLP_ENABLED") != "true" {
+		t.Error("jaeger: OTLP reception is not enabled")
+	}
+
+	cli := composeCLI()
+	if cli == nil {
+		t.Log("docker compose not installed: the profile was checked structurally only")
+		return
+	}
+	cmd := exec.Command(cli[0], append(cli[1:], "--env-file", filepath.Join(suite.root, "deploy", ".env.example"),
+		"-f", filepath.Join(suite.root, "deploy", "docker-compose.yml"), "--profile", "observability", "config", "-q")...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("%v --profile observability config: %v\n%s", cli, err, out)
 	}
 }
