@@ -79,10 +79,10 @@ func workerExports(t *testing.T) exported {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	at := time.Now().UTC().Add(-time.Hour)
+	t0 := time.Now().UTC().Add(-time.Hour)
 	doc := func(subject, id, credID, user string, offset time.Duration) []byte {
 		data := schemas.GuestData{ACSCredentialID: credID, ACSUserID: user, ReservationID: "R-" + id}
-		b, err := schemas.NewEnvelope(subject, "pms://observability-test", id, data.ReservationID, at.Add(offset), data)
+		b, err := schemas.NewEnvelope(subject, "pms://observability-test", id, data.ReservationID, t0.Add(offset), data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +90,7 @@ func workerExports(t *testing.T) exported {
 	}
 	send := func(subject string, body []byte) {
 		t.Helper()
-		if err := publish(t.Context(), js, event{subject: subject, id: subject, doc: body}, "", 10*time.Second); err != nil {
+		if err := publish(t.Context(), js, event{subject: subject, doc: body}, "", 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
