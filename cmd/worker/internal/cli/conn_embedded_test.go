@@ -65,7 +65,7 @@ func TestConnect_EmbeddedServerRequiresTheDataDirNKey(t *testing.T) {
 	nc.Close()
 
 	for path, want := range map[string]os.FileMode{
-		cfg.DataDir:                           0o700,
+		cfg.DataDir:                          0o700,
 		filepath.Join(cfg.DataDir, nkeyFile): 0o600,
 		filepath.Join(cfg.DataDir, urlFile):  0o600,
 		filepath.Join(cfg.DataDir, lockFile): 0o600,
