@@ -64,7 +64,7 @@ func lockDataDir(dir, role string) (*dirLock, error) {
 		f.Close()
 		return nil, e
 	}
-	if err := f.Truncate(0); err == nil {
+	if err = f.Truncate(0); err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+" "+role+"\n"), 0)
 	}
 	if err != nil {
