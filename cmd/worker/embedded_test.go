@@ -225,8 +225,12 @@ func TestEmbedded_SecondWorkerOnTheDataDirExits2AndANewOneStartsAfterTheFirstDie
 	}
 	publishAndAwaitAssigned(t, first, nkeyConnect(t, dataDir))
 
-	// SIGKILL: no clean-up runs, the kernel drops the lock with the process.
+	// SIGKILL: no clean-up runs, the kernel drops the lock with the process
+	// and nats.url is left behind, naming a server that is gone.
 	first.kill()
+	if out, errOut, code := second.command("status"); code != 0 {
+		t.Fatalf("worker status with no worker running: exit %d\n%s%s", code, out, errOut)
+	}
 	second.start()
 	second.waitReady(60 * time.Second)
 	publishAndAwaitAssigned(t, second, nkeyConnect(t, dataDir))

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -153,4 +154,36 @@ func TestConnect_OneWorkerPerDataDirOperatorsAttach(t *testing.T) {
 	}
 	op.Close()
 	connectT(t, cfg, true).Close()
+}
+
+func TestConnect_WorkerWaitsForAnOperatorCommandButNotForAWorker(t *testing.T) {
+	cfg := embeddedConfig(t)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		holder  string
+		waits   bool
+		message string
+	}{
+		{roleOperator, true, ""},
+		{roleWorker, false, "in use by worker process " + strconv.Itoa(os.Getpid())},
+	} {
+		l, err := lockDataDir(cfg.DataDir, tc.holder)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Well under attachWait: a worker that waits runs into the deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err = Connect(ctx, cfg, zerolog.New(io.Discard), "worker", true)
+		cancel()
+		l.release()
+		var held *LockedError
+		switch {
+		case tc.waits && !errors.Is(err, context.DeadlineExceeded):
+			t.Errorf("held by %s: %v, want the worker to wait (until its context ends)", tc.holder, err)
+		case !tc.waits && (!errors.As(err, &held) || !strings.Contains(err.Error(), tc.message)):
+			t.Errorf("held by %s: %v, want a refusal at once containing %q", tc.holder, err, tc.message)
+		}
+	}
 }
