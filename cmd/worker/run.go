@@ -60,17 +60,19 @@ type serveHooks struct {
 
 // serve runs the worker until ctx ends.
 func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serveHooks) error {
-	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
-	if err != nil {
-		return err
-	}
-	defer stopSim()
-
+	// NATS first: a data directory another worker holds is refused before
+	// anything else starts or logs, in one line.
 	conn, err := cli.Connect(ctx, cfg, log, "keyworker", true)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+
+	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
+	if err != nil {
+		return err
+	}
+	defer stopSim()
 
 	ccfg := cfg.ConsumerConfig()
 	if err := ccfg.Validate(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // Options configure an embedded server. The zero value listens on a random
@@ -26,6 +27,10 @@ type Options struct {
 	MaxPayload int32
 	// ReadyTimeout bounds the wait for the server to accept connections (default 10 s).
 	ReadyTimeout time.Duration
+	// UserNKeys, when set, are the public user nkeys ("U…") the server
+	// requires: a client without the seed of one of them is refused. Empty
+	// accepts any client, which only tests on their own server should want.
+	UserNKeys []string
 }
 
 // Start starts a JetStream-enabled server and waits until it accepts
@@ -56,6 +61,12 @@ func Start(o Options) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: o.MaxPayload,
+	}
+	for _, k := range o.UserNKeys {
+		if !nkeys.IsValidPublicUserKey(k) {
+			return nil, errors.New("embedded: UserNKeys holds something that is not a public user nkey")
+		}
+		sopts.Nkeys = append(sopts.Nkeys, &server.NkeyUser{Nkey: k})
 	}
 	s, err := server.NewServer(sopts)
 	if err != nil {

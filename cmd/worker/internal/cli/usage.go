@@ -12,10 +12,14 @@ type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
-// ExitCode is the exit status for err: 2 for a usage error, else 1.
+// ExitCode is the exit status for err: 2 for a usage error or a data
+// directory in use, else 1.
 func ExitCode(err error) int {
-	var u *UsageError
-	if errors.As(err, &u) {
+	var (
+		u *UsageError
+		l *LockedError
+	)
+	if errors.As(err, &u) || errors.As(err, &l) {
 		return 2
 	}
 	return 1
