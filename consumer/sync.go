@@ -97,7 +97,7 @@ func (w *Worker) awaitSync(ctx context.Context, j *job) {
 			break
 		}
 		interval = min(time.Duration(float64(interval)*syncPollFactor), syncPollMax)
-		if h, _ := w.gate.health(); h != SeamHealthy {
+		if h, _ := w.SeamHealth(); h != SeamHealthy {
 			break // a read would only wait for the gate: publish what is known
 		}
 		polls++
