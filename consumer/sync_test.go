@@ -37,9 +37,11 @@ func TestAwaitSync_OutcomeSaysSyncedOnceTheProviderHasIt(t *testing.T) {
 	}
 	// Synced means seen synced: the read it comes from was made after the
 	// provider had the change, 2 s after the assign.
-	if at := assignedAt(t, h, credA); ps.CheckedAt.Before(at.Add(2 * time.Second).Truncate(time.Millisecond)) {
+	at := assignedAt(t, h, credA)
+	if ps.CheckedAt.Before(at.Add(2 * time.Second).Truncate(time.Millisecond)) {
 		t.Fatalf("checked_at %s is before the sync was due (%s + 2s)", ps.CheckedAt, at)
 	}
+	t.Logf("seen synced %s after the assign, with %d reads; published at %s", ps.CheckedAt.Sub(at), h.seam.Calls("get"), got[0].Env.Time.Sub(at))
 	if h.seam.Calls("get") < 2 {
 		t.Fatalf("%d reads: the worker should have polled", h.seam.Calls("get"))
 	}
@@ -115,7 +117,9 @@ func TestAwaitSync_WaitingEventsGiveTheirSlotsBack(t *testing.T) {
 		cred, user := pairIDs(2000 + i)
 		h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, fmt.Sprintf("other-%d", i), time.Now(), schemas.GuestData{ACSCredentialID: cred, ACSUserID: user}), "")
 	}
+	othersFrom := time.Now()
 	got := h.waitOutcomes(others, 15*time.Second)
+	t.Logf("%d other events completed in %s while the %d waited", len(got), time.Since(othersFrom), waiting)
 	for _, o := range got {
 		if o.Result.ProviderSync == nil || o.Result.ProviderSync.State != schemas.SyncStateSynced {
 			t.Fatalf("while the %d waited, %d outcomes were published, among them %s (%+v): want only the others, synced",
@@ -148,4 +152,39 @@ func TestAwaitSync_WaitingEventsGiveTheirSlotsBack(t *testing.T) {
 	if n := h.seam.Calls("assign"); n != waiting+others {
 		t.Fatalf("%d assigns, want one per event", n)
 	}
+}
+
+// A worker shutting down does not sit out the wait: the event is concluded
+// with what was seen (pending), not handed back at the end of the grace period.
+func TestAwaitSync_ShutdownPublishesWhatWasSeen(t *testing.T) {
+	cfg := fastConfig()
+	cfg.AwaitSync = 2 * time.Minute
+	cfg.ShutdownGrace = 20 * time.Second // shorter than the wait: a wait that ignored shutdown would be handed back
+	h := newHarness(t, cfg, seamtest.WithAutoCreate(), seamtest.WithSyncDelay(time.Hour))
+	w := h.newWorker()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, "sync-stop", time.Now(), schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA}), "")
+	natstest.WaitFor(t, 10*time.Second, func() error {
+		if h.seam.Calls("get") == 0 {
+			return fmt.Errorf("not polling yet")
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(cfg.ShutdownGrace + 5*time.Second):
+		t.Fatal("Run did not return")
+	}
+	got := h.outcomes()
+	if len(got) != 1 || got[0].Result.ProviderSync == nil || got[0].Result.ProviderSync.State != schemas.SyncStatePending {
+		t.Fatalf("outcomes after shutdown: %+v, want one, pending", got)
+	}
+	h.waitDrained(5 * time.Second)
 }
