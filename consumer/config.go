@@ -83,6 +83,11 @@ type Config struct {
 	Owner string
 	// Source is the CloudEvents source of the outcome events (default "keyworker").
 	Source string
+	// AwaitSync bounds how long, after Seam accepted a change, the worker
+	// polls the credential until the provider has it or failed to take it,
+	// before publishing the result (default 0: publish at once). The wait
+	// gives back the event's slot and keeps its claim, lease and ack wait alive.
+	AwaitSync time.Duration
 }
 
 // Defaults used by Validate.
@@ -141,6 +146,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: concurrency %d must be positive", ErrInvalidConfig, c.Concurrency)
 	case c.MaxDeliver < 1:
 		return fmt.Errorf("%w: max deliver %d must be at least 1", ErrInvalidConfig, c.MaxDeliver)
+	case c.AwaitSync < 0:
+		return fmt.Errorf("%w: await sync %s must not be negative", ErrInvalidConfig, c.AwaitSync)
 	case c.RetryBudget < 0 || c.RetryInitial < 0 || c.RetryMax < 0 || c.NakDelay < 0 || c.NakDelayMax < 0:
 		return fmt.Errorf("%w: retry durations must not be negative", ErrInvalidConfig)
 	case c.IdempotencyTTL < c.InputMaxAge:

@@ -75,6 +75,7 @@ func (w *Worker) conclude(ctx context.Context, j *job) Outcome {
 		SourceEventID:     j.event.ID,
 		SourceEventSource: j.event.Source,
 		ReplayOf:          j.replayOf,
+		ProviderSync:      w.syncOf(j), // sync.go
 	})
 }
 

@@ -88,7 +88,14 @@ func TestHandle_Seam4xxDeadLettersAtOnce(t *testing.T) {
 	for _, tc := range []struct {
 		status int
 		typ    string
-	}{{400, "invalid_input"}, {404, "acs_credential_not_found"}} {
+	}{
+		{400, "invalid_input"},
+		{404, "acs_credential_not_found"},
+		// A 409 whose type the table calls permanent, and one it does not
+		// know: conflicts that waiting does not resolve, so no retry.
+		{409, "acs_credential_cannot_be_assigned"},
+		{409, "acs_credential_conflict_of_a_new_kind"},
+	} {
 		t.Run(tc.typ, func(t *testing.T) {
 			h := newHarness(t, fastConfig(), seamtest.WithAutoCreate())
 			h.seam.FailNext(1, assignPath, seamtest.SeamError(tc.status, tc.typ))

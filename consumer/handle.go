@@ -85,6 +85,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	if err := w.callSeam(ctx, j); err != nil {
 		return w.seamFailed(ctx, j, err)
 	}
+	w.awaitSync(ctx, j) // Config.AwaitSync: sync.go
 	return w.conclude(ctx, j)
 }
 

@@ -92,6 +92,41 @@ type CredentialResult struct {
 	SourceEventID     string          `json:"source_event_id"`
 	SourceEventSource string          `json:"source_event_source"`
 	ReplayOf          uint64          `json:"replay_of,omitempty"`
+	// ProviderSync says whether the lock or card system has the change
+	// (contract extension, optional: older outcomes lack it).
+	ProviderSync *ProviderSync `json:"provider_sync,omitempty"`
+}
+
+// States of ProviderSync. Consumers must accept states added later.
+const (
+	// SyncStateSynced: the provider has the change (Seam's
+	// is_latest_desired_state_synced_with_provider is true).
+	SyncStateSynced = "synced"
+	// SyncStatePending: Seam recorded the change, the provider does not
+	// have it yet (or Seam does not say).
+	SyncStatePending = "pending"
+	// SyncStateFailed: the credential carries errors, or a warning that it
+	// cannot work as it is (being_deleted, needs_to_be_reissued,
+	// unknown_issue_with_acs_credential).
+	SyncStateFailed = "failed"
+)
+
+// ProviderSync is the provider sync state of the credential an outcome
+// carries, derived from that acs_credential object.
+type ProviderSync struct {
+	State string `json:"state"`
+	// CheckedAt is when the worker asked Seam for the object it is derived from.
+	CheckedAt time.Time `json:"checked_at"`
+	// Warnings are the credential's warning codes, unknown ones included.
+	Warnings []string            `json:"warnings"`
+	Errors   []ProviderSyncError `json:"errors"`
+}
+
+// ProviderSyncError is one of the credential's errors, as Seam gave it.
+type ProviderSyncError struct {
+	ErrorCode string `json:"error_code"`
+	Message   string `json:"message,omitempty"`
+	CreatedAt string `json:"created_at,omitempty"`
 }
 
 // Skipped is the data of credential.skipped.

@@ -47,3 +47,89 @@ func (c Credential) AssignedTo(r Request) bool {
 	}
 	return r.UserIdentityID != "" && strings.EqualFold(c.UserIdentityID, r.UserIdentityID)
 }
+
+// Sync is what an acs_credential says of its provider sync: whether the
+// lock or card system has the latest wanted state, and the warnings and
+// errors Seam reports on it.
+type Sync struct {
+	// Synced is is_latest_desired_state_synced_with_provider; nil when it
+	// is null or absent (Seam does not know).
+	Synced *bool
+	// SyncedAt is latest_desired_state_synced_with_provider_at as sent.
+	SyncedAt string
+	// Warnings are the warning_code of each warning, in order; codes newer
+	// than this code are kept as they are.
+	Warnings []string
+	Errors   []CredentialError
+}
+
+// CredentialError is one entry of an acs_credential's errors.
+type CredentialError struct {
+	ErrorCode string `json:"error_code"`
+	Message   string `json:"message,omitempty"`
+	CreatedAt string `json:"created_at,omitempty"`
+}
+
+// ParseSync reads the sync fields of an acs_credential object. Each field
+// is read on its own, so one of an unexpected shape (a field newer than
+// this code) leaves the others; a missing field is zero. Only an empty
+// payload or one that is not an object is an error (ErrNoCredential, or one
+// that never quotes the payload).
+func ParseSync(raw json.RawMessage) (Sync, error) {
+	var s Sync
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || isNull(trimmed) {
+		return s, ErrNoCredential
+	}
+	var fields struct {
+		Synced   json.RawMessage   `json:"is_latest_desired_state_synced_with_provider"`
+		SyncedAt json.RawMessage   `json:"latest_desired_state_synced_with_provider_at"`
+		Warnings []json.RawMessage `json:"warnings"`
+		Errors   []json.RawMessage `json:"errors"`
+	}
+	if trimmed[0] != '{' {
+		return s, errors.New("seamclient: acs_credential is not a json object")
+	}
+	if err := json.Unmarshal(trimmed, &fields); err != nil {
+		// warnings or errors not arrays: read what else there is.
+		var partial struct {
+			Synced   json.RawMessage `json:"is_latest_desired_state_synced_with_provider"`
+			SyncedAt json.RawMessage `json:"latest_desired_state_synced_with_provider_at"`
+		}
+		if err := json.Unmarshal(trimmed, &partial); err != nil {
+			return s, fmt.Errorf("seamclient: decode acs_credential: %w", describeJSONError(err))
+		}
+		fields.Synced, fields.SyncedAt = partial.Synced, partial.SyncedAt
+	}
+	var synced bool
+	if json.Unmarshal(fields.Synced, &synced) == nil && !isNull(fields.Synced) {
+		s.Synced = &synced
+	}
+	s.SyncedAt = jsonString(fields.SyncedAt)
+	for _, w := range fields.Warnings {
+		var v struct {
+			Code json.RawMessage `json:"warning_code"`
+		}
+		if json.Unmarshal(w, &v) == nil {
+			if code := jsonString(v.Code); code != "" {
+				s.Warnings = append(s.Warnings, code)
+			}
+		}
+	}
+	for _, e := range fields.Errors {
+		var v struct {
+			Code      json.RawMessage `json:"error_code"`
+			Message   json.RawMessage `json:"message"`
+			CreatedAt json.RawMessage `json:"created_at"`
+		}
+		if json.Unmarshal(e, &v) != nil {
+			continue
+		}
+		ce := CredentialError{ErrorCode: jsonString(v.Code), Message: redactCodes(jsonString(v.Message)), CreatedAt: jsonString(v.CreatedAt)}
+		if ce.ErrorCode == "" {
+			ce.ErrorCode = "unknown"
+		}
+		s.Errors = append(s.Errors, ce)
+	}
+	return s, nil
+}

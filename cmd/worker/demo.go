@@ -37,7 +37,8 @@ type demoStep struct {
 	doc     []byte
 	id      string // event id; outcomes are matched on it, or on the stream sequence when undecodable
 	fault   *seamtest.Fault
-	silent  bool // a duplicate: no outcome of its own
+	before  func(*seamtest.Fake) // sets the simulator's scene for the step
+	silent  bool                 // a duplicate: no outcome of its own
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -52,8 +53,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer os.RemoveAll(dir)
 	cfg := &cli.Config{DataDir: dir, LogLevel: "error", LogFormat: "console", Concurrency: 8, Replicas: 1,
-		MaxDeliver: 10, MaxClockSkew: 5 * time.Minute, ShutdownGrace: 5 * time.Second, SeamTimeout: 5 * time.Second}
-	sim := seamtest.New(seamtest.WithAutoCreate())
+		MaxDeliver: 10, MaxClockSkew: 5 * time.Minute, ShutdownGrace: 5 * time.Second, SeamTimeout: 5 * time.Second,
+		AwaitSync: demoAwaitSync}
+	// Like Seam, the simulator's lock system has each change a moment after Seam accepted it.
+	sim := seamtest.New(seamtest.WithAutoCreate(), seamtest.WithSyncDelay(500*time.Millisecond))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -82,6 +85,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for i, st := range steps {
 		if st.fault != nil {
 			sim.FailNext(1, "", *st.fault)
+		}
+		if st.before != nil {
+			st.before(sim)
 		}
 		ack, err := cli.PublishEvent(ctx, conn.JS(), st.subject, st.doc, "")
 		if err != nil {
@@ -112,6 +118,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// demoAwaitSync is the demo's KEYWORKER_AWAIT_SYNC.
+const demoAwaitSync = 2 * time.Second
+
 const (
 	demoCredA = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c01"
 	demoUserA = "2b7e9d14-5a3c-4f8e-b1d2-7c9a0e4f6a11"
@@ -136,9 +145,11 @@ func demoSteps(now time.Time) []demoStep {
 		now.Format(time.RFC3339) + `","data":{"acs_credential_id":"` + demoCredC + `","acs_user_id":"` + demoUserC + `","user_identity_id":"` + demoIdenB + `"}}`)
 	return []demoStep{
 		{say: "Ana checks in to room 204 (R-1001)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana)},
-		{say: "Ben checks in by user identity (R-1002)", subject: in, id: "evt-ben-in", doc: ev(in, "evt-ben-in", now.Add(-2*time.Minute), ben)},
+		{say: "Ben checks in by user identity (R-1002); his room's lock refuses the change", subject: in, id: "evt-ben-in", doc: ev(in, "evt-ben-in", now.Add(-2*time.Minute), ben),
+			before: func(f *seamtest.Fake) { f.SetSyncFailure("provider_rejected", "The lock did not accept the change.") }},
 		{say: "the PMS sends Ana's check-in again (a retry)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana), silent: true},
-		{say: "Ana checks out", subject: out, id: "evt-ana-out", doc: ev(out, "evt-ana-out", now.Add(-1*time.Minute), ana)},
+		{say: "Ana checks out; the lock system is slow today (more than " + demoAwaitSync.String() + ")", subject: out, id: "evt-ana-out", doc: ev(out, "evt-ana-out", now.Add(-1*time.Minute), ana),
+			before: func(f *seamtest.Fake) { f.SetSyncFailure("", ""); f.SetSyncDelay(time.Hour) }},
 		{say: "a delayed check-in for Ana, older than her check-out, arrives late", subject: in, id: "evt-ana-in-late", doc: ev(in, "evt-ana-in-late", now.Add(-150*time.Second), ana)},
 		{say: "a malformed check-in names both a user and a user identity", subject: in, doc: bad},
 		{say: "Chen checks in, but Seam does not know the credential", subject: in, id: "evt-chen-in", doc: ev(in, "evt-chen-in", now, chen), fault: &notFound},
@@ -230,5 +241,19 @@ func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
 	if holder == "" {
 		holder = "nobody"
 	}
-	return fmt.Sprintf("%s  %s %q now held by %s (%d attempt)", o.subject, view.AccessMethod, view.DisplayName, holder, r.Attempts), true
+	line := fmt.Sprintf("%s  %s %q now held by %s (%d attempt)", o.subject, view.AccessMethod, view.DisplayName, holder, r.Attempts)
+	if ps := r.ProviderSync; ps != nil {
+		line += ", provider_sync=" + ps.State
+		switch ps.State {
+		case schemas.SyncStatePending:
+			line += " (the lock system does not have the change yet)"
+		case schemas.SyncStateFailed:
+			var codes []string
+			for _, e := range ps.Errors {
+				codes = append(codes, e.ErrorCode)
+			}
+			line += " (" + strings.Join(append(codes, ps.Warnings...), ", ") + ")"
+		}
+	}
+	return line, true
 }

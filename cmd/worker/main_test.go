@@ -43,6 +43,9 @@ func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
 		"kind=permanent",
 		"acs_credential_not_found",
 		"changed hands 2 times",
+		"provider_sync=synced",
+		"provider_sync=failed (provider_rejected)",
+		"provider_sync=pending",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, text)
@@ -61,6 +64,8 @@ func TestConfig_BadValueIsOneLineNamingTheVariable(t *testing.T) {
 		{"NATS_URL", "::not a url", "NATS_URL"},
 		{"SEAM_ENDPOINT", "ftp://x", "SEAM_ENDPOINT"},
 		{"KEYWORKER_SEAM_RPS", "-1", "KEYWORKER_SEAM_RPS"},
+		{"KEYWORKER_AWAIT_SYNC", "-1s", "KEYWORKER_AWAIT_SYNC"},
+		{"KEYWORKER_AWAIT_SYNC", "soon", "KEYWORKER_AWAIT_SYNC"},
 		{"NATS_CREDS", "/does/not/exist.creds", "NATS_CREDS"},
 	} {
 		t.Run(tc.env+"="+tc.value, func(t *testing.T) {

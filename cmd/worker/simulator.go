@@ -32,6 +32,8 @@ Example:
   worker seam-simulator --addr 127.0.0.1:8080 --api-key sim-key --latency 20ms
   worker seam-simulator --down mixed          # rehearse an outage
   worker seam-simulator --rate-limit 10       # an unannounced rate limit
+  worker seam-simulator --sync-delay 2s       # the lock system takes 2 s to have each change
+  worker seam-simulator --sync-fail provider_rejected   # every change fails at the provider
   SEAM_ENDPOINT=http://127.0.0.1:8080 SEAM_API_KEY=sim-key worker run
 
 Flags:
@@ -52,6 +54,10 @@ type simulatorFlags struct {
 	down      string
 	refuseKey bool
 	rateLimit float64
+	// Provider sync: how Seam's lock or card system lags behind it.
+	syncDelay    time.Duration
+	syncFail     string
+	emptySuccess bool
 }
 
 func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error {
@@ -69,6 +75,9 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 	fs.StringVar(&sf.down, "down", "off", "start down: off, reset (connections dropped unanswered), 503 (gateway pages) or mixed")
 	fs.BoolVar(&sf.refuseKey, "refuse-key", false, "answer every call 401, whatever the key")
 	fs.Float64Var(&sf.rateLimit, "rate-limit", 0, "enforce this many calls per second, answering 429 with Retry-After over it; 0 for none")
+	fs.DurationVar(&sf.syncDelay, "sync-delay", 0, "time after an assign or unassign until the provider has it (is_latest_desired_state_synced_with_provider); 0 syncs at once")
+	fs.StringVar(&sf.syncFail, "sync-fail", "", "make every sync fail with this error_code on the credential")
+	fs.BoolVar(&sf.emptySuccess, "empty-success", false, "answer assign and unassign with {} instead of the credential")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cli.HelpOr(err, fs, simulatorUsage, stdout)
@@ -107,6 +116,9 @@ func (sf *simulatorFlags) validate() error {
 	if _, ok := downModes[sf.down]; !ok {
 		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --down %q is not off, reset, 503 or mixed", sf.down)}
 	}
+	if sf.syncDelay < 0 {
+		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --sync-delay %s must not be negative", sf.syncDelay)}
+	}
 	if sf.rateLimit < 0 {
 		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --rate-limit %v must not be negative", sf.rateLimit)}
 	}
@@ -123,6 +135,13 @@ func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) er
 	opts := []seamtest.Option{seamtest.WithAutoCreate(), seamtest.WithLatency(sf.latency), seamtest.WithRandomFaults(sf.faults), seamtest.WithRequestLog(1000)}
 	if sf.apiKey != "" {
 		opts = append(opts, seamtest.WithAPIKey(sf.apiKey))
+	}
+	opts = append(opts, seamtest.WithSyncDelay(sf.syncDelay))
+	if sf.emptySuccess {
+		opts = append(opts, seamtest.WithEmptySuccess())
+	}
+	if sf.syncFail != "" {
+		opts = append(opts, seamtest.WithSyncFailure(sf.syncFail, "The provider refused the change (simulated)."))
 	}
 	fake := seamtest.New(opts...)
 	fake.SetDown(downModes[sf.down])

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -138,8 +139,8 @@ func TestSeamSimulator_AppliesAssignAndReportsStateToInspection(t *testing.T) {
 	if code := p.inspect(t, "/_fake/credentials/"+simCred, "sim-key", &cred); code != http.StatusOK {
 		t.Fatalf("/_fake/credentials: status %d", code)
 	}
-	if cred["acs_user_id"] != simUser || cred["is_issued"] != true {
-		t.Fatalf("credential = %v, want held by %s and issued", cred, simUser)
+	if cred["acs_user_id"] != simUser || cred["is_latest_desired_state_synced_with_provider"] != true {
+		t.Fatalf("credential = %v, want held by %s and synced", cred, simUser)
 	}
 	if code := p.inspect(t, "/_fake/credentials/00000000-0000-4000-8000-000000000000", "sim-key", nil); code != http.StatusNotFound {
 		t.Fatalf("unknown credential: status %d, want 404", code)
@@ -209,6 +210,60 @@ func TestSeamSimulator_InjectsPermanentFaultsAtRateOne(t *testing.T) {
 	}
 }
 
+func TestSeamSimulator_PlaysProviderSync(t *testing.T) {
+	synced := func(t *testing.T, raw []byte) (string, string) {
+		t.Helper()
+		var c struct {
+			Synced *bool `json:"is_latest_desired_state_synced_with_provider"`
+			Errors []struct {
+				Code string `json:"error_code"`
+			} `json:"errors"`
+		}
+		if err := json.Unmarshal(raw, &c); err != nil || c.Synced == nil {
+			t.Fatalf("credential %s: %v", raw, err)
+		}
+		code := ""
+		if len(c.Errors) > 0 {
+			code = c.Errors[0].Code
+		}
+		return fmt.Sprint(*c.Synced), code
+	}
+	req := seamclient.Request{ACSCredentialID: simCred, ACSUserID: simUser}
+	t.Run("delay", func(t *testing.T) {
+		p := startSimulatorCmd(t, "--sync-delay", "1h")
+		c, _ := seamclient.New(p.url, "any")
+		resp, err := c.Assign(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := synced(t, resp.Credential); s != "false" {
+			t.Fatalf("assign answer synced=%s with --sync-delay 1h", s)
+		}
+		got, err := c.Get(t.Context(), simCred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := synced(t, got.Credential); s != "false" {
+			t.Fatalf("get synced=%s with --sync-delay 1h", s)
+		}
+	})
+	t.Run("failure", func(t *testing.T) {
+		p := startSimulatorCmd(t, "--sync-fail", "provider_rejected", "--empty-success")
+		c, _ := seamclient.New(p.url, "any")
+		resp, err := c.Assign(t.Context(), req)
+		if err != nil || resp.Credential != nil {
+			t.Fatalf("assign with --empty-success: %v, credential %s, want {}", err, resp.Credential)
+		}
+		got, err := c.Get(t.Context(), simCred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, code := synced(t, got.Credential); s != "false" || code != "provider_rejected" {
+			t.Fatalf("get: synced=%s error %q, want unsynced with provider_rejected", s, code)
+		}
+	})
+}
+
 func TestSeamSimulator_BadFlagIsAUsageErrorNamingIt(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -219,6 +274,7 @@ func TestSeamSimulator_BadFlagIsAUsageErrorNamingIt(t *testing.T) {
 		{[]string{"--transient-rate", "0.6", "--applied-then-drop-rate", "0.6"}, "add up to"},
 		{[]string{"--addr", "no-port"}, "--addr"},
 		{[]string{"--latency", "-1s"}, "--latency"},
+		{[]string{"--sync-delay", "-1s"}, "--sync-delay"},
 		{[]string{"--latency", "soon"}, "latency"},
 		{[]string{"extra"}, "extra"},
 	} {

@@ -115,6 +115,13 @@ type Fake struct {
 	maxRequests     int         // -1: keep every request
 	answers         map[int]int // by status, 0: no answer
 
+	// Provider sync (sync.go).
+	now             func() time.Time
+	syncDelay       time.Duration
+	syncFailCode    string
+	syncFailMessage string
+	syncs           map[string]*pendingSync // by lower-case acs_credential_id
+
 	// Seam's bad days, decided by edge.
 	down        DownMode
 	downCalls   int // calls since SetDown, for DownMixed
@@ -153,8 +160,10 @@ func New(opts ...Option) *Fake {
 		effects:    map[pair]int{},
 		inflight:   map[string]int{},
 		answers:    map[int]int{},
+		syncs:      map[string]*pendingSync{},
 
 		maxRequests: -1,
+		now:         time.Now,
 	}
 	f.setRandomFaults(RandomFaults{})
 	for _, opt := range opts {
@@ -242,6 +251,7 @@ func (f *Fake) AddCredential(obj json.RawMessage) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creds[strings.ToLower(id)] = o
+	delete(f.syncs, strings.ToLower(id))
 	if u := o.str("acs_user_id"); u != "" {
 		f.users[strings.ToLower(u)] = true
 	}
@@ -282,7 +292,7 @@ func DerivedACSUserID(userIdentityID string) string {
 func (f *Fake) Credential(id string) (json.RawMessage, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	o, ok := f.creds[strings.ToLower(id)]
+	o, ok := f.credential(id)
 	if !ok {
 		return nil, false
 	}
@@ -472,7 +482,7 @@ func (f *Fake) record(r *http.Request, body []byte) {
 		f.requests = append(f.requests[:0], f.requests[len(f.requests)-f.maxRequests/2:]...)
 	}
 	f.requests = append(f.requests, RecordedRequest{
-		Method: r.Method, Path: r.URL.Path, Body: body, At: time.Now(), Header: h,
+		Method: r.Method, Path: r.URL.Path, Body: body, At: f.now(), Header: h,
 	})
 }
 
@@ -565,6 +575,7 @@ func (f *Fake) handle(r *http.Request, ep endpoint, body []byte, requestID strin
 	if changed {
 		f.effects[pair{strings.ToLower(in.credID), in.user()}]++
 		f.totalEffects++
+		f.startSync(strings.ToLower(in.credID), cred)
 	}
 	if f.emptySuccess {
 		return http.StatusOK, []byte("{}")
@@ -620,13 +631,13 @@ func decodeInput(ep endpoint, r *http.Request, body []byte) (input, error) {
 // lookupCredential finds a credential, creating it under auto-create; f.mu is held.
 func (f *Fake) lookupCredential(id string) *object {
 	key := strings.ToLower(id)
-	if o, ok := f.creds[key]; ok {
+	if o, ok := f.credential(key); ok {
 		return o
 	}
 	if !f.autoCreate {
 		return nil
 	}
-	o := newCredential(id, time.Now())
+	o := newCredential(id, f.now())
 	f.creds[key] = o
 	return o
 }
@@ -661,16 +672,13 @@ func assign(cred *object, in input) bool {
 	if strings.EqualFold(cred.str("acs_user_id"), holder) {
 		return false
 	}
-	now := timestamp(time.Now())
 	cred.setString("acs_user_id", holder)
 	if in.identityID != "" {
 		cred.setString("user_identity_id", in.identityID)
 	} else {
 		cred.del("user_identity_id")
 	}
-	cred.set("is_issued", mustJSON(true))
-	cred.setString("issued_at", now)
-	cred.setString("latest_desired_state_synced_with_provider_at", now)
+	// is_issued says a card was encoded, which assigning does not do.
 	return true
 }
 
@@ -698,9 +706,6 @@ func unassign(cred *object, in input) bool {
 	}
 	cred.del("acs_user_id")
 	cred.del("user_identity_id")
-	cred.set("is_issued", mustJSON(false))
-	cred.set("issued_at", mustJSON(nil))
-	cred.setString("latest_desired_state_synced_with_provider_at", timestamp(time.Now()))
 	return true
 }
 

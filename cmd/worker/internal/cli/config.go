@@ -47,6 +47,7 @@ type Config struct {
 	MaxClockSkew  time.Duration
 	MaxDeliver    int
 	RetryFor      time.Duration
+	AwaitSync     time.Duration
 	DupWindow     time.Duration
 	ShutdownGrace time.Duration
 	Replicas      int
@@ -105,6 +106,7 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 	fs.DurationVar(&c.cfg.MaxClockSkew, "max-clock-skew", 5*time.Minute, "refuse events dated further in the future ($KEYWORKER_MAX_CLOCK_SKEW)")
 	fs.IntVar(&c.cfg.MaxDeliver, "max-deliver", 10, "deliveries of an event that may end without a decision (the worker crashed or hung handling it) before it is dead-lettered ($KEYWORKER_MAX_DELIVER)")
 	fs.DurationVar(&c.cfg.RetryFor, "retry-for", 24*time.Hour, "how long transient Seam failures are retried, from an event's first attempt, before a dead letter ($KEYWORKER_RETRY_FOR)")
+	fs.DurationVar(&c.cfg.AwaitSync, "await-sync", 0, "how long to wait, after Seam accepted a change, for the lock or card system to have it before publishing the result; 0 publishes at once ($KEYWORKER_AWAIT_SYNC)")
 	fs.DurationVar(&c.cfg.DupWindow, "duplicate-window", 2*time.Minute, "JetStream duplicate window of the streams, when creating them ($KEYWORKER_DUPLICATE_WINDOW)")
 	fs.DurationVar(&c.cfg.ShutdownGrace, "shutdown-grace", 25*time.Second, "time in-flight events get to finish on SIGTERM ($KEYWORKER_SHUTDOWN_GRACE)")
 	fs.BoolVar(&c.cfg.UpdateStreams, "update-streams", false, "update existing streams, consumer and buckets whose settings differ, instead of refusing to start ($KEYWORKER_UPDATE_STREAMS)")
@@ -115,6 +117,7 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 		binding{"max-clock-skew", "KEYWORKER_MAX_CLOCK_SKEW"},
 		binding{"max-deliver", "KEYWORKER_MAX_DELIVER"},
 		binding{"retry-for", "KEYWORKER_RETRY_FOR"},
+		binding{"await-sync", "KEYWORKER_AWAIT_SYNC"},
 		binding{"duplicate-window", "KEYWORKER_DUPLICATE_WINDOW"},
 		binding{"shutdown-grace", "KEYWORKER_SHUTDOWN_GRACE"},
 		binding{"update-streams", "KEYWORKER_UPDATE_STREAMS"},
@@ -205,6 +208,8 @@ func (c *Config) validate() error {
 		return bad("KEYWORKER_MAX_DELIVER", "%d must be at least 1", c.MaxDeliver)
 	case c.RetryFor <= 0:
 		return bad("KEYWORKER_RETRY_FOR", "%s must be positive", c.RetryFor)
+	case c.AwaitSync < 0:
+		return bad("KEYWORKER_AWAIT_SYNC", "%s must not be negative", c.AwaitSync)
 	case c.DupWindow <= 0:
 		return bad("KEYWORKER_DUPLICATE_WINDOW", "%s must be positive", c.DupWindow)
 	case c.ShutdownGrace < 0:
@@ -222,6 +227,7 @@ func (c *Config) ConsumerConfig() consumer.Config {
 		MaxClockSkew:    c.MaxClockSkew,
 		MaxDeliver:      c.MaxDeliver,
 		RetryFor:        c.RetryFor,
+		AwaitSync:       c.AwaitSync,
 		DuplicateWindow: c.DupWindow,
 		ShutdownGrace:   c.ShutdownGrace,
 		Replicas:        c.Replicas,
