@@ -130,7 +130,7 @@ func (w *Worker) pause(ctx context.Context, j *job, d time.Duration) error {
 		if left <= 0 {
 			return nil
 		}
-		if !sleep(ctx, min(left, w.heartbeat())) {
+		if !w.sleep(ctx, min(left, w.heartbeat())) {
 			return ctx.Err()
 		}
 		if err := w.keepAlive(ctx, j, false); err != nil {
