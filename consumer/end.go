@@ -130,28 +130,46 @@ func (w *Worker) complete(ctx context.Context, j *job, status idempotency.Status
 	return Outcome{Kind: Done, Subject: subject}
 }
 
-// seamFailed decides what a failed Seam call becomes: a dead letter for a
-// permanent error or once RetryFor has passed since the first attempt,
-// otherwise another delivery later.
+// seamFailed ends a delivery whose Seam call failed, as verdictOf says.
 func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
+	v := w.verdictOf(ctx, j, err)
+	if v.deadLetter != "" {
+		return w.deadLetter(ctx, j, v.deadLetter, v.cause)
+	}
+	return w.handBack(ctx, j, err, v.delay)
+}
+
+// verdict is what a failed Seam call becomes: a dead letter of a kind, or
+// another delivery after delay.
+type verdict struct {
+	deadLetter string // schemas.ErrorKind…; empty: hand the message back
+	cause      error
+	delay      time.Duration
+}
+
+// verdictOf decides: a dead letter for a permanent error or once RetryFor
+// has passed since the first attempt, otherwise another delivery later
+// (at once on shutdown, soon after a lost lease, and never before a
+// Retry-After).
+func (w *Worker) verdictOf(ctx context.Context, j *job, err error) verdict {
 	var lost *leaseLostError
 	switch {
 	case ctx.Err() != nil, errors.Is(err, errStopping):
-		return w.handBack(ctx, j, err, 0)
+		return verdict{}
 	case errors.As(err, &lost):
-		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
+		return verdict{delay: w.cfg.BusyDelay}
 	case w.retryForSpent(j) != nil:
-		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, w.retryForSpent(j))
+		return verdict{deadLetter: schemas.ErrorKindRetriesExhausted, cause: w.retryForSpent(j)}
 	case errors.As(err, new(*retryForError)):
-		return w.deadLetter(ctx, j, schemas.ErrorKindRetriesExhausted, err)
+		return verdict{deadLetter: schemas.ErrorKindRetriesExhausted, cause: err}
 	case permanent(err):
-		return w.deadLetter(ctx, j, schemas.ErrorKindPermanent, err)
+		return verdict{deadLetter: schemas.ErrorKindPermanent, cause: err}
 	}
 	delay := w.nakDelay(j.meta.NumDelivered)
 	if after, ok := seamclient.RetryAfter(err); ok && after > delay {
 		delay = after
 	}
-	return w.handBack(ctx, j, err, delay)
+	return verdict{delay: delay}
 }
 
 // nakDelay grows with the delivery count: NakDelay, doubled per delivery, up to NakDelayMax.

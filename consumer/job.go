@@ -72,24 +72,36 @@ func (j *job) mark() idempotency.Event {
 // one per source event, so a re-publish after a crash is deduplicated by
 // the stream. A replay gets its own, or it would be swallowed as a duplicate.
 func (w *Worker) outcomeID(j *job) string {
-	var id string
+	var seq uint64
+	if j.meta != nil {
+		seq = j.meta.Sequence.Stream
+	}
 	if j.key == "" {
-		// Undecodable: its subject, its place in the input stream (the same
-		// on every redelivery) and its bytes are the only identity there is.
-		// The same garbage published twice is two messages, two dead letters.
+		return outcomeIDOf("", j.msg.Subject(), seq, j.raw, j.replayOf)
+	}
+	return outcomeIDOf(j.key, "", 0, nil, j.replayOf)
+}
+
+// outcomeIDOf is the outcome id of the event with idempotency key key, or
+// of an undecodable message (no key): its subject, its place in the input
+// stream (the same on every redelivery) and its bytes are the only identity
+// there is, so the same garbage published twice is two dead letters.
+func outcomeIDOf(key, subject string, seq uint64, raw []byte, replayOf uint64) string {
+	var id string
+	if key == "" {
 		h := sha256.New()
-		h.Write([]byte(j.msg.Subject() + "\x00"))
-		if j.meta != nil {
-			h.Write([]byte(strconv.FormatUint(j.meta.Sequence.Stream, 10)))
+		h.Write([]byte(subject + "\x00"))
+		if seq != 0 {
+			h.Write([]byte(strconv.FormatUint(seq, 10)))
 		}
 		h.Write([]byte("\x00"))
-		h.Write(j.raw)
+		h.Write(raw)
 		id = "keyworker-raw-" + hex.EncodeToString(h.Sum(nil)[:16])
 	} else {
-		id = "keyworker-" + j.key[:40]
+		id = "keyworker-" + key[:40]
 	}
-	if j.replayOf != 0 {
-		id += "-replay-" + strconv.FormatUint(j.replayOf, 10)
+	if replayOf != 0 {
+		id += "-replay-" + strconv.FormatUint(replayOf, 10)
 	}
 	return id
 }
