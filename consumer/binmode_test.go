@@ -174,6 +174,7 @@ func TestHandle_BrokenBinaryEventDeadLettersWithItsHeadersAndReplaysThemExactly(
 	msg := sdkBinary(t, sdkEvent{typ: schemas.SubjectCheckedIn, id: "sdk-bin-404", source: "pms://sdk", subject: "R-9",
 		time: time.Now().Add(-time.Minute), data: schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA, ReservationID: "R-9"}})
 	msg.Header.Set("ce-traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") // an extension
+	msg.Header.Set(jetstream.MsgIDHeader, "pms-msg-404") // the producer's own dedup id
 	seq := h.publishMsg(msg)
 
 	got := h.waitOutcomes(1, 10*time.Second)
@@ -210,6 +211,9 @@ func TestHandle_BrokenBinaryEventDeadLettersWithItsHeadersAndReplaysThemExactly(
 	}
 	if got, want := ceHeaders(replayed.Header), ceHeaders(msg.Header); !maps.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("replayed headers %v, want %v", got, want)
+	}
+	if id := replayed.Header.Get(jetstream.MsgIDHeader); id != rep.Results[0].MsgID {
+		t.Fatalf("replay published with Nats-Msg-Id %q, want its own %q (the original's would be a duplicate)", id, rep.Results[0].MsgID)
 	}
 	if replayed.Header.Get(schemas.HeaderReplayOf) != fmt.Sprint(entries[0].Sequence) {
 		t.Fatalf("replay lacks %s: %v", schemas.HeaderReplayOf, replayed.Header)
