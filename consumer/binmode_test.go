@@ -152,7 +152,7 @@ func TestHandle_SDKEventsInBinaryAndStructuredModeBothReachSeam(t *testing.T) {
 	// A binary-mode check-out then meets the ordering rule like any event.
 	h.publishMsg(sdkBinary(t, sdkEvent{typ: schemas.SubjectCheckedOut, id: "sdk-bin-2", source: "pms://sdk", subject: "R-1",
 		time: at.Add(time.Minute), data: schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA, ReservationID: "R-1"}}))
-	got = h.waitOutcomes(3, 10*time.Second)
+	h.waitOutcomes(3, 10*time.Second)
 	h.waitDrained(5 * time.Second)
 	if got = h.outcomes(); len(got) != 3 {
 		t.Fatalf("%d outcomes, want 3 (the structured copy of a binary event is a duplicate)", len(got))
@@ -173,8 +173,9 @@ func TestHandle_BrokenBinaryEventDeadLettersWithItsHeadersAndReplaysThemExactly(
 	h.start(1)
 	msg := sdkBinary(t, sdkEvent{typ: schemas.SubjectCheckedIn, id: "sdk-bin-404", source: "pms://sdk", subject: "R-9",
 		time: time.Now().Add(-time.Minute), data: schemas.GuestData{ACSCredentialID: credA, ACSUserID: userA, ReservationID: "R-9"}})
-	msg.Header.Set("ce-traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") // an extension
-	msg.Header.Set(jetstream.MsgIDHeader, "pms-msg-404") // the producer's own dedup id
+	// An extension attribute, and the producer's own dedup id.
+	msg.Header.Set("ce-traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	msg.Header.Set(jetstream.MsgIDHeader, "pms-msg-404")
 	seq := h.publishMsg(msg)
 
 	got := h.waitOutcomes(1, 10*time.Second)
@@ -248,9 +249,10 @@ func TestHandle_InvalidBinaryEventsWithOneBodyAreSeparateDeadLettersWithTheirHea
 		msgs[h.publishMsg(m)] = m
 	}
 	h.start(1)
-	got := h.waitOutcomes(3, 10*time.Second)
+	h.waitOutcomes(3, 10*time.Second)
 	h.waitDrained(5 * time.Second)
-	if got = h.outcomes(); len(got) != 3 {
+	got := h.outcomes()
+	if len(got) != 3 {
 		t.Fatalf("%d dead letters, want 3", len(got))
 	}
 	for _, o := range got {
