@@ -233,6 +233,11 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 		// Replay reads the original from the input stream by sequence.
 		dl.OriginalEventEncoding = schemas.EncodingOmitted
 		doc, err = schemas.MarshalDeadLetterEvent(w.cfg.Source, id, eventSubject(j), now, dl, nil)
+		if err == nil && len(doc) > w.maxPayload-deadLetterHeadroom {
+			// Headers this large go only with the kept original.
+			dl.OriginalHeaders = nil
+			doc, err = schemas.MarshalDeadLetterEvent(w.cfg.Source, id, eventSubject(j), now, dl, nil)
+		}
 	}
 	if err == nil && dl.OriginalEventEncoding == schemas.EncodingOmitted {
 		// Stored before the dead letter exists, so no dead letter ever
