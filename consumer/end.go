@@ -240,8 +240,9 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 		}
 	}
 	if err == nil && dl.OriginalEventEncoding == schemas.EncodingOmitted {
-		// Stored before the dead letter exists, so no dead letter ever
-		// points at an original that outlives the input stream nowhere.
+		// Stored before the dead letter is published: every dead letter
+		// without its original stays replayable once the input stream has
+		// aged the original out.
 		err = w.keepOriginal(ctx, j, id)
 	}
 	if err != nil {
