@@ -149,3 +149,34 @@ func TestDeadLetter_OriginalHeadersRoundTripAndEmptyIsNotAbsent(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecodeGuestMessage: whatever the headers and body, binary-mode
+// decoding never panics, and what it accepts is an event the schema accepts
+// in structured mode too.
+func FuzzDecodeGuestMessage(f *testing.F) {
+	f.Add("ce-id", "6f1c2e0a", "ce-time", "2025-06-01T16:03:27+02:00", binaryBody)
+	f.Add("Ce-Id", "x", "Content-Type", "application/json", `{"acs_credential_id":1}`)
+	f.Add("ce-data", "{}", "ce-x_y", "", "")
+	v := newValidator(f)
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, body string) {
+		h := binaryHeader()
+		h[k1] = []string{v1}
+		h[k2] = []string{v2}
+		ev, err := v.DecodeGuestMessage(schemas.SubjectCheckedIn, h, []byte(body))
+		if err != nil {
+			var verr *schemas.ValidationError
+			if !errors.As(err, &verr) {
+				t.Fatalf("error is not a *ValidationError: %v", err)
+			}
+			return
+		}
+		doc, err := schemas.BinaryDocument(schemas.SubjectCheckedIn, h, []byte(body))
+		if err != nil {
+			t.Fatalf("decoded, but BinaryDocument fails: %v", err)
+		}
+		again, err := v.DecodeGuestEvent(schemas.SubjectCheckedIn, doc)
+		if err != nil || !reflect.DeepEqual(again, ev) {
+			t.Fatalf("structured document decodes to %+v (%v), binary to %+v", again, err, ev)
+		}
+	})
+}
