@@ -180,3 +180,24 @@ func FuzzDecodeGuestMessage(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecodeGuestMessage compares the two modes: binary mode costs
+// the assembly of the structured document on top.
+func BenchmarkDecodeGuestMessage(b *testing.B) {
+	v := newValidator(b)
+	structured := guestEvent(b, nil)
+	for _, mode := range []struct {
+		name   string
+		header map[string][]string
+		body   []byte
+	}{{"structured", nil, structured}, {"binary", binaryHeader(), []byte(binaryBody)}} {
+		b.Run(mode.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.DecodeGuestMessage(schemas.SubjectCheckedIn, mode.header, mode.body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
