@@ -38,9 +38,9 @@ func (h *harness) assertAllAssignedOnce(ids []string) {
 	perID := map[string]int{}
 	for _, o := range h.outcomes() {
 		if o.Subject != schemas.SubjectAssigned {
-			h.t.Errorf("%s: %s %s", o.sourceID(), o.Subject, o.DL.Error.Message)
+			h.t.Errorf("%s: %s %s", o.SourceID(), o.Subject, o.DL.Error.Message)
 		}
-		perID[o.sourceID()]++
+		perID[o.SourceID()]++
 	}
 	for _, id := range ids {
 		if perID[id] != 1 {

@@ -62,7 +62,7 @@ func (s *downSeam) Get(ctx context.Context, id string) (*seamclient.Response, er
 func outcomeOf(t *testing.T, got []outcome, id string) outcome {
 	t.Helper()
 	for _, o := range got {
-		if o.sourceID() == id {
+		if o.SourceID() == id {
 			return o
 		}
 	}
@@ -170,7 +170,7 @@ func TestHandle_ReplayedDeadLettersOfAPreviousGuestLeaveTheCurrentGuestHolding(t
 	replayed := 0
 	for _, o := range got {
 		if o.Result.ReplayOf != 0 || o.DL.ReplayOf != 0 {
-			t.Errorf("replayed %s: %s, want credential.skipped", o.sourceID(), o.Subject)
+			t.Errorf("replayed %s: %s, want credential.skipped", o.SourceID(), o.Subject)
 		}
 		if o.Skip.ReplayOf != 0 {
 			replayed++
@@ -206,7 +206,7 @@ func TestHandle_RateLimitWaitKeepsTheCredentialLease(t *testing.T) {
 	}
 	perID := map[string]int{}
 	for _, o := range h.outcomes() {
-		perID[o.sourceID()]++
+		perID[o.SourceID()]++
 	}
 	if len(perID) != 4*rooms {
 		t.Fatalf("%d events with an outcome, want %d", len(perID), 4*rooms)

@@ -188,7 +188,7 @@ func TestHandle_A429PausesEveryRequestOfTheProcess(t *testing.T) {
 	got := h.waitOutcomes(2, 15*time.Second)
 	for _, o := range got {
 		if o.Subject != schemas.SubjectAssigned {
-			t.Fatalf("%s: %s", o.sourceID(), o.Subject)
+			t.Fatalf("%s: %s", o.SourceID(), o.Subject)
 		}
 	}
 	ts := assignTimes(h)

@@ -3,8 +3,6 @@ package consumer_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
@@ -30,32 +29,13 @@ type harness struct {
 }
 
 // fastConfig keeps retries short so tests finish in seconds.
-func fastConfig() consumer.Config {
-	return consumer.Config{
-		Concurrency:  16,
-		MaxDeliver:   4,
-		RetryBudget:  3 * time.Second,
-		RetryInitial: 10 * time.Millisecond,
-		RetryMax:     100 * time.Millisecond,
-		NakDelay:     50 * time.Millisecond,
-		NakDelayMax:  200 * time.Millisecond,
-		BusyDelay:    20 * time.Millisecond,
-		SeamTimeout:  2 * time.Second,
-		Lease:        10 * time.Second,
-		AckWait:      5 * time.Second,
-	}
-}
+func fastConfig() consumer.Config { return consumertest.Config() }
 
 func newHarness(t *testing.T, cfg consumer.Config, opts ...seamtest.Option) *harness {
 	t.Helper()
 	_, url := natstest.StartTest(t)
 	nc, js := natstest.ConnectTest(t, url)
-	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg = consumertest.Provision(t, js, cfg)
 	seam := seamtest.NewServer(opts...)
 	t.Cleanup(seam.Close)
 	return &harness{t: t, url: url, nc: nc, js: js, seam: seam, cfg: cfg}
@@ -64,43 +44,49 @@ func newHarness(t *testing.T, cfg consumer.Config, opts ...seamtest.Option) *har
 // newWorker builds a worker with its own NATS connection, like a replica.
 func (h *harness) newWorker(opts ...consumer.Option) *consumer.Worker {
 	h.t.Helper()
-	_, js := natstest.ConnectTest(h.t, h.url)
-	client, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
+	return consumertest.NewWorker(h.t, h.url, h.seamClient(), h.cfg, opts...)
+}
+
+// newWorkerWith builds a worker with its own connection and the given
+// Seam caller. A non-empty owner names it in claims and leases; the
+// harness's workers otherwise share h.cfg.Owner, so they cannot see each
+// other's claims as foreign.
+func (h *harness) newWorkerWith(seam consumer.SeamCaller, owner string) *consumer.Worker {
+	h.t.Helper()
+	cfg := h.cfg
+	if owner != "" {
+		cfg.Owner = owner
+	}
+	return consumertest.NewWorker(h.t, h.url, seam, cfg)
+}
+
+// runWorkerWith runs one worker with the given Seam caller until the test ends.
+func (h *harness) runWorkerWith(seam consumer.SeamCaller) {
+	h.t.Helper()
+	consumertest.Run(h.t, h.newWorkerWith(seam, ""))
+}
+
+// seamClient is a real client of the harness's Seam fake.
+func (h *harness) seamClient() *seamclient.Client {
+	h.t.Helper()
+	c, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	w, err := consumer.New(context.Background(), js, client, h.cfg, opts...)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return w
+	return c
 }
 
 // start runs n worker replicas until the test ends.
 func (h *harness) start(n int, opts ...consumer.Option) {
 	h.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
 	for range n {
-		w := h.newWorker(opts...)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := w.Run(ctx); err != nil {
-				h.t.Errorf("worker: %v", err)
-			}
-		}()
+		consumertest.Run(h.t, h.newWorker(opts...))
 	}
-	h.t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
 // event builds a valid guest event document.
 func event(subject, id string, at time.Time, d schemas.GuestData) []byte {
-	doc, err := schemas.NewEnvelope(subject, "pms://test", id, d.ReservationID, at, d)
-	if err != nil {
-		panic(err)
-	}
-	return doc
+	return consumertest.Event(subject, "pms://test", id, at, d)
 }
 
 // publish publishes raw bytes to an input subject; msgID may be empty.
@@ -119,102 +105,29 @@ func (h *harness) publish(subject string, doc []byte, msgID string) uint64 {
 }
 
 // outcome is one event read back from the results or dead-letter stream.
-type outcome struct {
-	Subject string
-	Seq     uint64
-	Raw     []byte
-	Env     schemas.Envelope
-	Result  schemas.CredentialResult
-	Skip    schemas.Skipped
-	DL      schemas.DeadLetter
-}
-
-// sourceID is the id of the input event the outcome is about.
-func (o outcome) sourceID() string {
-	switch {
-	case o.DL.OriginalSubject != "":
-		return o.DL.SourceEventID
-	case o.Subject == schemas.SubjectSkipped:
-		return o.Skip.SourceEventID
-	}
-	return o.Result.SourceEventID
-}
+type outcome = consumertest.Outcome
 
 // waitOutcomes polls both outcome streams until they hold at least n
 // events, then returns all of them.
 func (h *harness) waitOutcomes(n int, within time.Duration) []outcome {
 	h.t.Helper()
-	var got []outcome
-	natstest.WaitFor(h.t, within, func() error {
-		got = h.outcomes()
-		if len(got) < n {
-			return fmt.Errorf("%d outcome events, want %d", len(got), n)
-		}
-		return nil
-	})
-	return got
+	return consumertest.WaitOutcomes(h.t, h.js, h.cfg, n, within)
 }
 
 // outcomes reads every event of the results and dead-letter streams.
 func (h *harness) outcomes() []outcome {
 	h.t.Helper()
-	ctx := context.Background()
-	var out []outcome
-	for _, stream := range []string{h.cfg.ResultsStream, h.cfg.DeadLetterStream} {
-		s, err := h.js.Stream(ctx, stream)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-			m, err := s.GetMsg(ctx, seq)
-			if err != nil {
-				continue
-			}
-			o := outcome{Subject: m.Subject, Seq: seq, Raw: m.Data}
-			if stream == h.cfg.DeadLetterStream {
-				env, dl, err := schemas.DecodeDeadLetterEvent(m.Data)
-				if err != nil {
-					h.t.Fatalf("dead letter %d does not decode: %v", seq, err)
-				}
-				o.Env, o.DL = env, dl
-			} else {
-				if err := json.Unmarshal(m.Data, &o.Env); err != nil {
-					h.t.Fatal(err)
-				}
-				if m.Subject == schemas.SubjectSkipped {
-					_ = json.Unmarshal(o.Env.Data, &o.Skip)
-				} else {
-					_ = json.Unmarshal(o.Env.Data, &o.Result)
-				}
-			}
-			out = append(out, o)
-		}
+	out, err := consumertest.Outcomes(context.Background(), h.js, h.cfg)
+	if err != nil {
+		h.t.Fatal(err)
 	}
 	return out
 }
 
-// waitDrained waits until the durable consumer has nothing pending or
-// unacknowledged: every published event has been settled for good.
+// waitDrained waits until every published event has been settled for good.
 func (h *harness) waitDrained(within time.Duration) {
 	h.t.Helper()
-	natstest.WaitFor(h.t, within, func() error {
-		c, err := h.js.Consumer(context.Background(), h.cfg.InputStream, h.cfg.Durable)
-		if err != nil {
-			return err
-		}
-		info, err := c.Info(context.Background())
-		if err != nil {
-			return err
-		}
-		if info.NumPending > 0 || info.NumAckPending > 0 {
-			return fmt.Errorf("consumer: %d pending, %d awaiting ack", info.NumPending, info.NumAckPending)
-		}
-		return nil
-	})
+	consumertest.WaitDrained(h.t, h.js, h.cfg, within)
 }
 
 func mustJSONEqual(t *testing.T, got, want []byte) {

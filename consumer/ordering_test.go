@@ -73,7 +73,7 @@ func TestHandle_ConcurrentCheckInAndCheckOutOnTwoReplicas(t *testing.T) {
 	}
 	for _, o := range got {
 		if o.DL.OriginalSubject != "" {
-			t.Errorf("event %s dead-lettered: %s", o.sourceID(), o.DL.Error.Message)
+			t.Errorf("event %s dead-lettered: %s", o.SourceID(), o.DL.Error.Message)
 		}
 	}
 }
@@ -109,7 +109,7 @@ func TestHandle_TwoReplicasThousandMixedEventsOneOutcomeEach(t *testing.T) {
 	perID := map[string]int{}
 	bySubject := map[string]int{}
 	for _, o := range h.outcomes() {
-		perID[o.sourceID()]++
+		perID[o.SourceID()]++
 		bySubject[o.Subject]++
 	}
 	for _, e := range evs {

@@ -6,12 +6,8 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/schemas"
@@ -54,57 +50,6 @@ func (p panickingSeam) check(id string) {
 	}
 }
 
-// newWorkerWith builds a worker with its own connection and the given
-// Seam caller. A non-empty owner names it in claims and leases; the
-// harness's workers otherwise share h.cfg.Owner, so they cannot see each
-// other's claims as foreign.
-func (h *harness) newWorkerWith(seam consumer.SeamCaller, owner string) *consumer.Worker {
-	h.t.Helper()
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cfg := h.cfg
-	if owner != "" {
-		cfg.Owner = owner
-	}
-	w, err := consumer.New(context.Background(), js, seam, cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return w
-}
-
-// runWorkerWith runs one worker with the given Seam caller until the test ends.
-func (h *harness) runWorkerWith(seam consumer.SeamCaller) {
-	h.t.Helper()
-	w := h.newWorkerWith(seam, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := w.Run(ctx); err != nil {
-			h.t.Errorf("worker: %v", err)
-		}
-	}()
-	h.t.Cleanup(func() { cancel(); wg.Wait() })
-}
-
-func (h *harness) seamClient() *seamclient.Client {
-	h.t.Helper()
-	c, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return c
-}
-
 func TestHandle_PanicDeadLettersAsPermanentAndTheNextMessageIsProcessed(t *testing.T) {
 	cfg := fastConfig()
 	cfg.Concurrency = 1 // the next message is handled after the panic, by the same worker
@@ -123,7 +68,7 @@ func TestHandle_PanicDeadLettersAsPermanentAndTheNextMessageIsProcessed(t *testi
 	}
 	var dl, res outcome
 	for _, o := range got {
-		switch o.sourceID() {
+		switch o.SourceID() {
 		case "boom-1":
 			dl = o
 		case "after-boom":

@@ -173,7 +173,7 @@ func TestHandle_RedeliveryAfterLostAckHasOneOutcome(t *testing.T) {
 func subjects(os []outcome) []string {
 	var s []string
 	for _, o := range os {
-		s = append(s, fmt.Sprintf("%s(%s)", o.Subject, o.sourceID()))
+		s = append(s, fmt.Sprintf("%s(%s)", o.Subject, o.SourceID()))
 	}
 	return s
 }

@@ -15,9 +15,7 @@ import (
 
 func newJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	_, url := natstest.StartTest(t)
-	_, js := natstest.ConnectTest(t, url)
-	return js
+	return natstest.JetStream(t)
 }
 
 func TestProvision_CreatesEverythingAndIsIdempotent(t *testing.T) {

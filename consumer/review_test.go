@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -55,15 +56,7 @@ func (h *harness) workerOn(js jetstream.JetStream, seam consumer.SeamCaller, own
 
 func (h *harness) rawJS() jetstream.JetStream {
 	h.t.Helper()
-	nc, err := nats.Connect(h.url)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	_, js := natstest.ConnectTest(h.t, h.url)
 	return js
 }
 

@@ -178,7 +178,7 @@ func checkOneOutcomeEach(t testing.TB, outs []outcome, evs []ruleEvent) map[stri
 	perID := map[string]int{}
 	bySubject := map[string]int{}
 	for _, o := range outs {
-		perID[o.sourceID()]++
+		perID[o.SourceID()]++
 		subject := o.Subject
 		if o.DL.OriginalSubject != "" {
 			subject = "deadletter"

@@ -17,7 +17,6 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/keyworker/keyworker/consumer"
-	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
@@ -211,11 +210,7 @@ func (rs *replicaSet) startAt(i int) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	client, err := seamclient.New(h.seam.URL, "test-key", seamclient.WithTimeout(h.cfg.SeamTimeout))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	w, err := consumer.New(context.Background(), js, client, h.cfg)
+	w, err := consumer.New(context.Background(), js, h.seamClient(), h.cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

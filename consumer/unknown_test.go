@@ -166,7 +166,7 @@ func TestHandle_CheckOutWhoseOrderingWriteFailedStillStopsAnOlderCheckIn(t *test
 		t.Fatalf("the guest checked out, yet the older check-in assigned the key again: outcomes %v", subjects(got))
 	}
 	for _, o := range got {
-		if o.sourceID() == "in-late" && o.Subject != schemas.SubjectSkipped {
+		if o.SourceID() == "in-late" && o.Subject != schemas.SubjectSkipped {
 			t.Fatalf("older check-in: %s, want credential.skipped", o.Subject)
 		}
 	}

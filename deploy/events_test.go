@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
@@ -50,10 +51,7 @@ func guestEvents(t *testing.T, n, out int, seed uint64) ([]guest, []event) {
 		guests[i] = g
 		data := schemas.GuestData{ACSCredentialID: g.cred, ACSUserID: g.user, ReservationID: fmt.Sprintf("R-%d", i), PropertyID: "deploy-test"}
 		add := func(subject, id string, at time.Time) {
-			doc, err := schemas.NewEnvelope(subject, "pms://deploy-test", id, data.ReservationID, at, data)
-			if err != nil {
-				t.Fatal(err)
-			}
+			doc := consumertest.Event(subject, "pms://deploy-test", id, at, data)
 			events = append(events, event{id: id, subject: subject, doc: doc, guest: i})
 		}
 		add(schemas.SubjectCheckedIn, fmt.Sprintf("in-%x-%d", salt, i), base.Add(time.Duration(i)*time.Millisecond))

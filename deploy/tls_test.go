@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,12 +15,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/keyworker/keyworker/consumer/consumertest"
 )
 
 // pki is a CA with a server and a client certificate, as PEM files.
@@ -129,26 +129,9 @@ func startTLSServer(t *testing.T, p *pki, port int, storeDir string) *server.Ser
 // process is a worker binary running on the host.
 type process struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *consumertest.LockedBuffer
 	done   chan struct{}
 	err    error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startProcess runs the worker binary with only env (and PATH, HOME) in
@@ -160,7 +143,7 @@ func startProcess(t *testing.T, bin string, env map[string]string, args ...strin
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &process{cmd: cmd, output: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, output: &consumertest.LockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.output, p.output
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -188,15 +171,7 @@ func (p *process) exit(t *testing.T, d time.Duration) int {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return consumertest.FreeAddr(t) }
 
 // TestTLS_WorkerConnectsWithAClientCertificateAndReportsNATSOutages runs the
 // worker binary against a JetStream server that requires TLS with a client

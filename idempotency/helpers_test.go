@@ -14,9 +14,7 @@ import (
 // newJetStream starts an embedded server for the test and connects to it.
 func newJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	_, url := natstest.StartTest(t)
-	_, js := natstest.ConnectTest(t, url)
-	return js
+	return natstest.JetStream(t)
 }
 
 func newBucket(t *testing.T, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {

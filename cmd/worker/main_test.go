@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +22,7 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
@@ -118,31 +119,7 @@ func workerBinary(t *testing.T) string {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
-// syncBuffer collects a process's output safely while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return strconv.Itoa(procFreePort(t))
 }
 
 func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
@@ -154,7 +131,7 @@ func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir() // ./data is created here: the embedded default
 	cmd.Env = append(os.Environ(), "KEYWORKER_HTTP_ADDR="+addr, "NATS_URL=", "SEAM_API_KEY=", "KEYWORKER_DATA_DIR=")
-	var logs syncBuffer
+	var logs consumertest.LockedBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -99,15 +100,15 @@ func procBinaries(t *testing.T) (worker, natsServer string) {
 	return b.worker, b.natsSrv
 }
 
-// freePort returns a loopback port nobody listens on right now.
+// procFreePort returns a loopback port nobody listens on right now.
 func procFreePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(consumertest.FreeAddr(t))
+	n, err := strconv.Atoi(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return n
 }
 
 // newUUID returns a random event, credential or user id.
@@ -722,9 +723,5 @@ func (c *procClient) outcomes() []procOutcome {
 // procGuestDoc builds a valid guest event.
 func procGuestDoc(t *testing.T, subject, source, id string, at time.Time, d schemas.GuestData) []byte {
 	t.Helper()
-	doc, err := schemas.NewEnvelope(subject, source, id, d.ReservationID, at, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return doc
+	return consumertest.Event(subject, source, id, at, d)
 }

@@ -64,3 +64,12 @@ func WaitFor(tb testing.TB, within time.Duration, check func() error) {
 		wait = min(2*wait, 100*time.Millisecond)
 	}
 }
+
+// JetStream starts a server for the test and connects to it: the shortest
+// way to a JetStream of one's own.
+func JetStream(tb testing.TB) jetstream.JetStream {
+	tb.Helper()
+	_, url := StartTest(tb)
+	_, js := ConnectTest(tb, url)
+	return js
+}

@@ -9,16 +9,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
@@ -43,24 +42,18 @@ type testEnv struct {
 // testConfig dead-letters an event still failing after a short RetryFor:
 // retries_exhausted in about a second.
 func testConfig() consumer.Config {
-	return consumer.Config{
-		Concurrency: 16,
-		MaxDeliver:  2,
-		RetryFor:    300 * time.Millisecond,
-		// Seam failing opens the health gate: probe often, so that every
-		// event makes its attempts and runs out of RetryFor quickly.
-		GateProbeFirst: 20 * time.Millisecond,
-		GateProbeMax:   50 * time.Millisecond,
-		RetryBudget:    100 * time.Millisecond,
-		RetryInitial:   10 * time.Millisecond,
-		RetryMax:       40 * time.Millisecond,
-		NakDelay:       20 * time.Millisecond,
-		NakDelayMax:    50 * time.Millisecond,
-		BusyDelay:      20 * time.Millisecond,
-		SeamTimeout:    2 * time.Second,
-		Lease:          10 * time.Second,
-		AckWait:        5 * time.Second,
-	}
+	cfg := consumertest.Config()
+	cfg.MaxDeliver = 2
+	cfg.RetryFor = 300 * time.Millisecond
+	// Seam failing opens the health gate: probe often, so that every
+	// event makes its attempts and runs out of RetryFor quickly.
+	cfg.GateProbeFirst = 20 * time.Millisecond
+	cfg.GateProbeMax = 50 * time.Millisecond
+	cfg.RetryBudget = 100 * time.Millisecond
+	cfg.RetryMax = 40 * time.Millisecond
+	cfg.NakDelay = 20 * time.Millisecond
+	cfg.NakDelayMax = 50 * time.Millisecond
+	return cfg
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -69,22 +62,9 @@ func newTestEnv(t *testing.T) *testEnv {
 	t.Setenv("NATS_URL", url)
 	t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
 	t.Setenv("LOG_LEVEL", "warn")
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectTest(t, url)
 	cfg := testConfig()
-	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg = consumertest.Provision(t, js, cfg)
 	e := &testEnv{t: t, url: url, js: js, cfg: cfg, fake: seamtest.New(seamtest.WithAutoCreate()), stop: func() {}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if e.failing.Load() {
@@ -104,35 +84,11 @@ func newTestEnv(t *testing.T) *testEnv {
 // e.stop is called or the test ends.
 func (e *testEnv) startWorker() {
 	e.t.Helper()
-	nc, err := nats.Connect(e.url)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	client, err := seamclient.New(e.seamURL, "test-key", seamclient.WithTimeout(e.cfg.SeamTimeout))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	w, err := consumer.New(context.Background(), js, client, e.cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := w.Run(ctx); err != nil {
-			e.t.Errorf("worker: %v", err)
-		}
-	}()
-	var once sync.Once
-	e.stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
-	e.t.Cleanup(e.stop)
+	e.stop = consumertest.Run(e.t, consumertest.NewWorker(e.t, e.url, client, e.cfg))
 }
 
 // checkIn is one published guest.checked_in event.
@@ -267,20 +223,15 @@ func (e *testEnv) deadLetter(n int, prefix string) ([]checkIn, []*jetstream.RawS
 // results decodes the credential results of the given subject.
 func (e *testEnv) results(subject string) []schemas.CredentialResult {
 	e.t.Helper()
+	outs, err := consumertest.Outcomes(context.Background(), e.js, e.cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	var out []schemas.CredentialResult
-	for _, m := range e.streamMsgs(e.cfg.ResultsStream) {
-		if m.Subject != subject {
-			continue
+	for _, o := range outs {
+		if o.Subject == subject {
+			out = append(out, o.Result)
 		}
-		var env schemas.Envelope
-		var r schemas.CredentialResult
-		if err := json.Unmarshal(m.Data, &env); err != nil {
-			e.t.Fatal(err)
-		}
-		if err := json.Unmarshal(env.Data, &r); err != nil {
-			e.t.Fatal(err)
-		}
-		out = append(out, r)
 	}
 	return out
 }
