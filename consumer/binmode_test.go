@@ -134,7 +134,7 @@ func TestHandle_SDKEventsInBinaryAndStructuredModeBothReachSeam(t *testing.T) {
 	got := h.waitOutcomes(2, 10*time.Second)
 	byID := map[string]outcome{}
 	for _, o := range got {
-		byID[o.sourceID()] = o
+		byID[o.SourceID()] = o
 	}
 	for id, cred := range map[string]string{"sdk-bin-1": credA, "sdk-str-1": credB} {
 		o := byID[id]
@@ -157,8 +157,8 @@ func TestHandle_SDKEventsInBinaryAndStructuredModeBothReachSeam(t *testing.T) {
 	if got = h.outcomes(); len(got) != 3 {
 		t.Fatalf("%d outcomes, want 3 (the structured copy of a binary event is a duplicate)", len(got))
 	}
-	if last := got[2]; last.Subject != schemas.SubjectUnassigned || last.sourceID() != "sdk-bin-2" {
-		t.Fatalf("want the binary check-out unassigned, got %s for %s", last.Subject, last.sourceID())
+	if last := got[2]; last.Subject != schemas.SubjectUnassigned || last.SourceID() != "sdk-bin-2" {
+		t.Fatalf("want the binary check-out unassigned, got %s for %s", last.Subject, last.SourceID())
 	}
 	if h.seam.IsAssigned(credA, userA) || h.seam.Effects(credA, userA) != 2 {
 		t.Fatalf("fake: assigned %v, effects %d; want unassigned after one assign and one unassign",
