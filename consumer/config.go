@@ -20,6 +20,11 @@ type Config struct {
 
 	IdempotencyBucket string // default keyworker_idempotency
 	StateBucket       string // default keyworker_credential_state
+	// OriginalsBucket is the object store keeping the originals too large
+	// for their dead letters, by dead letter id, for as long as the dead
+	// letter (the input stream ages them out). Default
+	// keyworker_dead_letter_originals.
+	OriginalsBucket string
 	// IdempotencyTTL is how long an event's record is kept (default: the
 	// input stream's max age). It may not be shorter: an event redelivered
 	// or re-sent while the stream still holds it must find its record.
@@ -96,6 +101,7 @@ const (
 	DefaultResultsStream    = "CREDENTIAL_RESULTS"
 	DefaultDeadLetterStream = "DEAD_LETTERS"
 	DefaultDurable          = "keyworker"
+	DefaultOriginalsBucket  = "keyworker_dead_letter_originals"
 	DefaultConcurrency      = 32
 )
 
@@ -118,6 +124,7 @@ func (c *Config) Validate() error {
 	setDefault(&c.Concurrency, DefaultConcurrency)
 	setDefault(&c.IdempotencyBucket, idempotency.DefaultBucket)
 	setDefault(&c.StateBucket, idempotency.DefaultStateBucket)
+	setDefault(&c.OriginalsBucket, DefaultOriginalsBucket)
 	setDefault(&c.InputMaxAge, 14*24*time.Hour)
 	setDefault(&c.IdempotencyTTL, c.InputMaxAge)
 	setDefault(&c.ResultsMaxAge, 30*24*time.Hour)

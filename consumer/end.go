@@ -1,11 +1,15 @@
 package consumer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -248,6 +252,17 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 		// Replay reads the original from the input stream by sequence.
 		dl.OriginalEventEncoding = schemas.EncodingOmitted
 		doc, err = schemas.MarshalDeadLetterEvent(w.cfg.Source, id, eventSubject(j), now, dl, nil)
+		if err == nil && len(doc) > w.maxPayload-deadLetterHeadroom {
+			// Headers this large go only with the kept original.
+			dl.OriginalHeaders = nil
+			doc, err = schemas.MarshalDeadLetterEvent(w.cfg.Source, id, eventSubject(j), now, dl, nil)
+		}
+	}
+	if err == nil && dl.OriginalEventEncoding == schemas.EncodingOmitted {
+		// Stored before the dead letter is published: every dead letter
+		// without its original stays replayable once the input stream has
+		// aged the original out.
+		err = w.keepOriginal(ctx, j, id)
 	}
 	if err != nil {
 		return w.handBack(ctx, j, err, w.cfg.NakDelay)
@@ -289,6 +304,33 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 	return Outcome{Kind: DeadLettered, Subject: subject, Err: cause}
 }
 
+// keepOriginal stores an original too large for its dead letter in the
+// originals object store under the dead letter's id, with its headers: the
+// input stream ages it out, the dead letter stays. A redelivery stores the
+// same bytes under the same name again.
+func (w *Worker) keepOriginal(ctx context.Context, j *job, id string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	obs, err := w.js.ObjectStore(ctx, w.cfg.OriginalsBucket)
+	if err != nil {
+		return fmt.Errorf("consumer: originals object store %s: %w", w.cfg.OriginalsBucket, err)
+	}
+	meta := jetstream.ObjectMeta{
+		Name:    id,
+		Headers: nats.Header(originalHeaders(j.msg.Headers())),
+		Metadata: map[string]string{
+			"original_subject": j.msg.Subject(),
+		},
+	}
+	if j.meta != nil {
+		meta.Metadata["original_stream_sequence"] = strconv.FormatUint(j.meta.Sequence.Stream, 10)
+	}
+	if _, err := obs.Put(ctx, meta, bytes.NewReader(j.raw)); err != nil {
+		return fmt.Errorf("consumer: keep original of dead letter %s in %s: %w", id, w.cfg.OriginalsBucket, err)
+	}
+	return nil
+}
+
 // decide records the outcome on the idempotency key before it is
 // published, so a delivery after a crash publishes this same outcome
 // instead of deciding anew. It reports whether it did: there is no claim
@@ -307,6 +349,7 @@ func (w *Worker) decide(ctx context.Context, j *job, status idempotency.Status, 
 func (w *Worker) describe(j *job, kind string, cause error) schemas.DeadLetter {
 	sum := sha256.Sum256(j.raw)
 	dl := schemas.DeadLetter{
+		OriginalHeaders: originalHeaders(j.msg.Headers()),
 		OriginalSubject: j.msg.Subject(),
 		OriginalSHA256:  hex.EncodeToString(sum[:]),
 		OriginalSize:    len(j.raw),
@@ -357,4 +400,14 @@ func (w *Worker) publish(ctx context.Context, subject, msgID string, doc []byte)
 		return 0, err
 	}
 	return ack.Sequence, nil
+}
+
+// originalHeaders copies a message's headers for its dead letter: never
+// nil, so the dead letter says "no headers" rather than "not kept".
+func originalHeaders(h nats.Header) map[string][]string {
+	out := make(map[string][]string, len(h))
+	for k, v := range h {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }

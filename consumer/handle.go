@@ -89,12 +89,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	return w.conclude(ctx, j)
 }
 
-// decode validates the message against the schema of its subject and
-// derives the idempotency key, the guest and the Seam request, with ids in
-// lower case: Seam compares uuids without regard to case, so the worker
-// does too (the dead letter keeps the original bytes).
+// decode validates the message, in CloudEvents structured or binary mode,
+// against the schema of its subject and derives the idempotency key, the
+// guest and the Seam request, with ids in lower case: Seam compares uuids
+// without regard to case, so the worker does too (the dead letter keeps the
+// original bytes and headers).
 func (w *Worker) decode(j *job) error {
-	ev, err := w.validator.DecodeGuestEvent(j.msg.Subject(), j.raw)
+	ev, err := w.validator.DecodeGuestMessage(j.msg.Subject(), j.msg.Headers(), j.raw)
 	if err != nil {
 		return err
 	}

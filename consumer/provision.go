@@ -93,6 +93,50 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config, update boo
 			return err
 		}
 	}
+	return provisionObjectStore(ctx, js, c.OriginalsConfig(), update)
+}
+
+// OriginalsConfig returns the settings of the object store that keeps
+// originals too large for their dead letters: no TTL, since an object must
+// live as long as its dead letter (the dead-letter stream has no age limit
+// either); `worker dlq purge` deletes it with the dead letter.
+func (c *Config) OriginalsConfig() jetstream.ObjectStoreConfig {
+	return jetstream.ObjectStoreConfig{
+		Bucket:      c.OriginalsBucket,
+		Description: "keyworker: originals too large for their dead letters, by dead letter id",
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+	}
+}
+
+func provisionObjectStore(ctx context.Context, js jetstream.JetStream, want jetstream.ObjectStoreConfig, update bool) error {
+	obs, err := js.ObjectStore(ctx, want.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if _, err := js.CreateObjectStore(ctx, want); err != nil {
+			return fmt.Errorf("consumer: create object store %s: %w", want.Bucket, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consumer: object store %s: %w", want.Bucket, err)
+	}
+	st, err := obs.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer: object store %s: %w", want.Bucket, err)
+	}
+	diffs := diff([]field{
+		{"ttl", st.TTL(), want.TTL},
+		{"replicas", st.Replicas(), want.Replicas},
+	})
+	if len(diffs) == 0 {
+		return nil
+	}
+	if !update {
+		return fmt.Errorf("%w: object store %s: %s (start with --update-streams to apply)", ErrConflict, want.Bucket, strings.Join(diffs, ", "))
+	}
+	if _, err := js.UpdateObjectStore(ctx, want); err != nil {
+		return fmt.Errorf("consumer: update object store %s: %w", want.Bucket, err)
+	}
 	return nil
 }
 

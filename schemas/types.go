@@ -159,20 +159,25 @@ type DeadLetterError struct {
 // keeps the bytes exact (encoding/json compacts raw messages); use
 // MarshalDeadLetterEvent and DeadLetter.Original.
 type DeadLetter struct {
-	OriginalEvent          json.RawMessage `json:"original_event,omitempty"`
-	OriginalEventEncoding  string          `json:"original_event_encoding"`
-	OriginalSubject        string          `json:"original_subject"`
-	OriginalStreamSequence uint64          `json:"original_stream_sequence"`
-	OriginalSHA256         string          `json:"original_sha256"`
-	OriginalSize           int             `json:"original_size"`
-	SourceEventID          string          `json:"source_event_id,omitempty"`
-	SourceEventSource      string          `json:"source_event_source,omitempty"`
-	Error                  DeadLetterError `json:"error"`
-	Request                json.RawMessage `json:"request,omitempty"`
-	ACSCredential          json.RawMessage `json:"acs_credential,omitempty"`
-	Attempts               int             `json:"attempts"`
-	Deliveries             int             `json:"deliveries"`
-	FirstAttemptAt         *time.Time      `json:"first_attempt_at,omitempty"`
-	LastAttemptAt          *time.Time      `json:"last_attempt_at,omitempty"`
-	ReplayOf               uint64          `json:"replay_of,omitempty"`
+	OriginalEvent         json.RawMessage `json:"original_event,omitempty"`
+	OriginalEventEncoding string          `json:"original_event_encoding"`
+	// OriginalHeaders are the NATS headers of the original message, as
+	// received (for a binary-mode event, its ce- attributes); empty, not
+	// absent, when it had none. Absent in dead letters written before the
+	// field existed.
+	OriginalHeaders        map[string][]string `json:"original_headers,omitzero"`
+	OriginalSubject        string              `json:"original_subject"`
+	OriginalStreamSequence uint64              `json:"original_stream_sequence"`
+	OriginalSHA256         string              `json:"original_sha256"`
+	OriginalSize           int                 `json:"original_size"`
+	SourceEventID          string              `json:"source_event_id,omitempty"`
+	SourceEventSource      string              `json:"source_event_source,omitempty"`
+	Error                  DeadLetterError     `json:"error"`
+	Request                json.RawMessage     `json:"request,omitempty"`
+	ACSCredential          json.RawMessage     `json:"acs_credential,omitempty"`
+	Attempts               int                 `json:"attempts"`
+	Deliveries             int                 `json:"deliveries"`
+	FirstAttemptAt         *time.Time          `json:"first_attempt_at,omitempty"`
+	LastAttemptAt          *time.Time          `json:"last_attempt_at,omitempty"`
+	ReplayOf               uint64              `json:"replay_of,omitempty"`
 }

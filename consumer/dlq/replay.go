@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -183,7 +185,7 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 		}
 	}
 
-	original, err := q.Original(ctx, e)
+	original, err := q.OriginalMessage(ctx, e)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -223,9 +225,10 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 	return res, nil
 }
 
-// publish puts the original bytes back on the input stream. A lost ack is
-// retried with the same Nats-Msg-Id, so the stream keeps one copy.
-func (q *Queue) publish(ctx context.Context, subject string, data []byte, dlSeq uint64, msgID string) (uint64, error) {
+// publish puts the original back on the input stream: its bytes and its
+// headers (replayHeader). A lost ack is retried with the same Nats-Msg-Id,
+// so the stream keeps one copy.
+func (q *Queue) publish(ctx context.Context, subject string, orig OriginalMessage, dlSeq uint64, msgID string) (uint64, error) {
 	var lastErr error
 	for attempt := range 3 {
 		if attempt > 0 {
@@ -237,9 +240,7 @@ func (q *Queue) publish(ctx context.Context, subject string, data []byte, dlSeq 
 				return 0, ctx.Err()
 			}
 		}
-		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-		msg.Header.Set("Content-Type", schemas.ContentType)
-		msg.Header.Set(schemas.HeaderReplayOf, strconv.FormatUint(dlSeq, 10))
+		msg := &nats.Msg{Subject: subject, Data: orig.Data, Header: replayHeader(orig.Header, dlSeq)}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		ack, err := q.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(q.cfg.InputStream))
 		cancel()
@@ -253,4 +254,25 @@ func (q *Queue) publish(ctx context.Context, subject string, data []byte, dlSeq 
 		}
 	}
 	return 0, fmt.Errorf("dlq: publish replay of dead letter %d to %s: %w", dlSeq, subject, lastErr)
+}
+
+// replayHeader is the header of a replay: the original's headers, less the
+// Nats- ones the server acts on (the original's Nats-Msg-Id would make the
+// replay a duplicate, a Nats-Expected-... would refuse it) and any earlier
+// Keyworker-Replay-Of, plus Keyworker-Replay-Of: dlSeq. With the headers
+// unknown (an older dead letter) the original is taken for a structured-mode
+// event, as keyworker always did.
+func replayHeader(orig nats.Header, dlSeq uint64) nats.Header {
+	h := nats.Header{}
+	if orig == nil {
+		h.Set(schemas.HeaderContentType, schemas.ContentType)
+	}
+	for k, v := range orig {
+		if len(k) >= 5 && strings.EqualFold(k[:5], "nats-") || strings.EqualFold(k, schemas.HeaderReplayOf) {
+			continue
+		}
+		h[k] = slices.Clone(v)
+	}
+	h.Set(schemas.HeaderReplayOf, strconv.FormatUint(dlSeq, 10))
+	return h
 }
