@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -78,15 +77,6 @@ func parseResponse(status int, h http.Header, body []byte, now time.Time) (*Resp
 	return resp, nil
 }
 
-// credentialCode matches a credential's code (a PIN) in server text, as a
-// JSON member ("code": "1234") or in prose (code 1234, PIN: 1234).
-var credentialCode = regexp.MustCompile(`(?i)("(?:code|pin)"\s*:\s*)"[^"]*"|\b((?:code|pin)\b[\s:=#]*)[0-9]{3,}`)
-
-// redactCodes hides credential codes an error message may quote.
-func redactCodes(s string) string {
-	return credentialCode.ReplaceAllString(s, "${1}${2}[redacted]")
-}
-
 func parseAPIError(status int, h http.Header, body []byte, requestID string, now time.Time) *APIError {
 	e := &APIError{StatusCode: status, RequestID: requestID}
 	e.RetryAfter, e.HasRetryAfter = parseRetryAfter(h.Get("Retry-After"), now)
@@ -96,7 +86,7 @@ func parseAPIError(status int, h http.Header, body []byte, requestID string, now
 		Message json.RawMessage `json:"message"`
 	}
 	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &env) != nil {
-		e.Body = snippet([]byte(redactCodes(string(trimmed))), bodySnippetLen)
+		e.Body = snippet([]byte(RedactCodes(string(trimmed))), bodySnippetLen)
 		return e
 	}
 	// Decode field by field: one field of an unexpected type must not hide the others.
@@ -113,7 +103,7 @@ func parseAPIError(status int, h http.Header, body []byte, requestID string, now
 	if msg == "" {
 		msg = jsonString(env.Message) // API gateways answer {"message": "..."}
 	}
-	e.Message = snippet([]byte(redactCodes(msg)), maxMessageLen)
+	e.Message = snippet([]byte(RedactCodes(msg)), maxMessageLen)
 	if e.RequestID == "" {
 		e.RequestID = snippet([]byte(jsonString(inner.RequestID)), maxTypeLen)
 	}
