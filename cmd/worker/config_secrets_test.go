@@ -88,6 +88,17 @@ func TestConfig_ErrorsNeverEchoSecrets(t *testing.T) {
 	}
 }
 
+// A password in a NATS URL that parses stays out of the connect error too.
+func TestConfig_UnreachableNATSErrorHidesThePassword(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the worker binary: skipped under -short")
+	}
+	r := runBinaryConfig(t, "NATS_URL=nats://kw:Hunter2@127.0.0.1:"+freePort(t))
+	if r.code != 1 || !strings.Contains(r.stderr, "NATS_URL") || strings.Contains(r.stdout+r.stderr, "Hunter2") {
+		t.Fatalf("exit %d, want 1 and an error naming NATS_URL without the password:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
 // Plain http to a Seam that is not on loopback would send the key in clear.
 func TestConfig_PlainHTTPSeamOffLoopbackIsRefusedUnlessAllowed(t *testing.T) {
 	if testing.Short() {
