@@ -335,18 +335,18 @@ func (s *simulator) pair(t *testing.T, cred, user string) pairState {
 // network, as the least-privilege user.
 func workerEnv(c *natsCluster, extra map[string]string) map[string]string {
 	env := map[string]string{
-		"NATS_URL":           c.internalURL(),
-		"NATS_USER":          "keyworker",
-		"NATS_PASSWORD":      natsPasswords["KEYWORKER_NATS_PASSWORD"],
-		"KEYWORKER_REPLICAS": "3",
-		"SEAM_ENDPOINT":      "http://" + simulatorAlias + ":8080",
-		"SEAM_API_KEY":       simulatorKey,
-		// The simulator container is plain http on the test network.
-		"KEYWORKER_ALLOW_INSECURE_SEAM": "true",
-		"KEYWORKER_HTTP_ADDR":           "0.0.0.0:9090",
-		"KEYWORKER_SEAM_TIMEOUT":        "5s",
-		"LOG_LEVEL":                     "info",
+		"NATS_URL":               c.internalURL(),
+		"NATS_USER":              "keyworker",
+		"NATS_PASSWORD":          natsPasswords["KEYWORKER_NATS_PASSWORD"],
+		"KEYWORKER_REPLICAS":     "3",
+		"SEAM_ENDPOINT":          "http://" + simulatorAlias + ":8080",
+		"SEAM_API_KEY":           simulatorKey,
+		"KEYWORKER_HTTP_ADDR":    "0.0.0.0:9090",
+		"KEYWORKER_SEAM_TIMEOUT": "5s",
+		"LOG_LEVEL":              "info",
 	}
+	// The simulator container is plain http on the test network.
+	env["KEYWORKER_ALLOW_INSECURE_SEAM"] = "true"
 	for k, v := range extra {
 		env[k] = v
 	}

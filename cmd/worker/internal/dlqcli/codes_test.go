@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
@@ -31,7 +33,7 @@ var quotingMessages = []struct{ message, code string }{
 func TestDLQ_SeamMessageQuotingACodeReachesNoLogNorOutput(t *testing.T) {
 	e := newTestEnv(t)
 	logs := &syncBuf{}
-	e.startWorker(consumer.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)))
+	startLoggingWorker(t, e, zerolog.New(logs).Level(zerolog.TraceLevel))
 	for _, m := range quotingMessages {
 		e.fake.FailNext(1, "assign", seamtest.Fault{Kind: seamtest.FaultStatus, Status: http.StatusBadRequest, ErrorType: "invalid_input", Message: m.message})
 	}
@@ -119,6 +121,38 @@ func TestDLQShow_MasksCodesInTheErrorMessageUnlessRevealed(t *testing.T) {
 			t.Errorf("worker %s does not show the message verbatim:\n%s", strings.Join(args, " "), r.stdout)
 		}
 	}
+}
+
+// startLoggingWorker runs a real worker, like e.startWorker, that logs to
+// log, until the test ends.
+func startLoggingWorker(t *testing.T, e *testEnv, log zerolog.Logger) {
+	t.Helper()
+	nc, err := nats.Connect(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := seamclient.New(e.seamURL, "test-key", seamclient.WithTimeout(e.cfg.SeamTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := consumer.New(context.Background(), js, client, e.cfg, consumer.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := w.Run(ctx); err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // syncBuf collects log lines written from the worker's goroutines.

@@ -102,7 +102,7 @@ func newTestEnv(t *testing.T) *testEnv {
 
 // startWorker runs a real consumer.Worker on its own connection until
 // e.stop is called or the test ends.
-func (e *testEnv) startWorker(opts ...consumer.Option) {
+func (e *testEnv) startWorker() {
 	e.t.Helper()
 	nc, err := nats.Connect(e.url)
 	if err != nil {
@@ -117,7 +117,7 @@ func (e *testEnv) startWorker(opts ...consumer.Option) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	w, err := consumer.New(context.Background(), js, client, e.cfg, opts...)
+	w, err := consumer.New(context.Background(), js, client, e.cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
