@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
 )
 
@@ -70,12 +71,35 @@ func NewMetrics(reg prometheus.Registerer, inFlight func() float64) *Metrics {
 	}
 	reg.MustRegister(m.events, m.eventSeconds, m.seamRequests, m.seamSeconds, m.retries, m.deadLetters,
 		m.pending, m.ackPending, m.redelivered, m.gate, m.seamRate)
+	m.zero()
 	if inFlight != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "keyworker_in_flight", Help: "Events being handled now.",
 		}, inFlight))
 	}
 	return m
+}
+
+// outcomeLabels are the outcomes an event of the input subject can have.
+func outcomeLabels(subject string) []string {
+	if subject == schemas.SubjectCheckedOut {
+		return []string{"unassigned", "skipped", "duplicate", "retry", "dead_letter"}
+	}
+	return []string{"assigned", "skipped", "duplicate", "retry", "dead_letter"}
+}
+
+// zero creates every series of the bounded label sets at 0: a counter
+// that first appears at 1 has no increase to rate(), so an alert on the
+// first dead letter after a restart would never fire.
+func (m *Metrics) zero() {
+	for _, subject := range schemas.InputSubjects() {
+		for _, o := range outcomeLabels(subject) {
+			m.events.WithLabelValues(subject, o)
+		}
+	}
+	for _, kind := range []string{schemas.ErrorKindInvalidEvent, schemas.ErrorKindPermanent, schemas.ErrorKindRetriesExhausted} {
+		m.deadLetters.WithLabelValues(kind)
+	}
 }
 
 func (m *Metrics) observeOutcome(subject string, out Outcome, d time.Duration) {

@@ -345,6 +345,8 @@ func workerEnv(c *natsCluster, extra map[string]string) map[string]string {
 		"KEYWORKER_SEAM_TIMEOUT": "5s",
 		"LOG_LEVEL":              "info",
 	}
+	// The simulator container is plain http on the test network.
+	env["KEYWORKER_ALLOW_INSECURE_SEAM"] = "true"
 	for k, v := range extra {
 		env[k] = v
 	}

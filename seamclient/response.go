@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -78,14 +77,8 @@ func parseResponse(status int, h http.Header, body []byte, now time.Time) (*Resp
 	return resp, nil
 }
 
-// credentialCode matches a credential's code (a PIN) in server text, as a
-// JSON member ("code": "1234") or in prose (code 1234, PIN: 1234).
-var credentialCode = regexp.MustCompile(`(?i)("(?:code|pin)"\s*:\s*)"[^"]*"|\b((?:code|pin)\b[\s:=#]*)[0-9]{3,}`)
-
-// redactCodes hides credential codes an error message may quote.
-func redactCodes(s string) string {
-	return credentialCode.ReplaceAllString(s, "${1}${2}[redacted]")
-}
+// redactCodes is RedactCodes, under the name the package's parsers use.
+func redactCodes(s string) string { return RedactCodes(s) }
 
 func parseAPIError(status int, h http.Header, body []byte, requestID string, now time.Time) *APIError {
 	e := &APIError{StatusCode: status, RequestID: requestID}

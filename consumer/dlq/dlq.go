@@ -22,6 +22,7 @@ import (
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
+	"github.com/keyworker/keyworker/seamclient"
 )
 
 // Sentinel errors. Each is wrapped with detail; match with errors.Is.
@@ -123,7 +124,7 @@ func (e Entry) Reservation() string {
 }
 
 // Summary is an Entry without its payloads: what `dlq list` shows. It
-// carries no credential data.
+// carries no credential data: codes quoted in messages are redacted.
 type Summary struct {
 	Sequence               uint64    `json:"sequence"`
 	Time                   time.Time `json:"time"`
@@ -152,7 +153,7 @@ func (e Entry) Summary() Summary {
 		Time:                   e.Time,
 		OriginalSubject:        dl.OriginalSubject,
 		ErrorKind:              dl.Error.Kind,
-		ErrorMessage:           dl.Error.Message,
+		ErrorMessage:           seamclient.RedactCodes(dl.Error.Message),
 		HTTPStatus:             dl.Error.HTTPStatus,
 		SeamErrorType:          dl.Error.SeamErrorType,
 		SeamRequestID:          dl.Error.SeamRequestID,
@@ -166,7 +167,7 @@ func (e Entry) Summary() Summary {
 		ReplayOf:               dl.ReplayOf,
 	}
 	if e.Err != nil {
-		s.DecodeError = e.Err.Error()
+		s.DecodeError = seamclient.RedactCodes(e.Err.Error())
 		s.OriginalSubject = strings.TrimPrefix(e.Subject, schemas.DeadLetterPrefix)
 	}
 	return s

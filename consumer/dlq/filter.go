@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/keyworker/keyworker/schemas"
@@ -31,9 +32,18 @@ type Filter struct {
 	Limit int
 }
 
-// Validate refuses unknown subjects and error kinds, a negative limit and
-// an empty time range.
+// Validate refuses unknown subjects and error kinds, blank values, a
+// negative limit and an empty time range.
 func (f Filter) Validate() error {
+	for _, v := range []struct{ name, value string }{
+		{"subject", f.Subject}, {"error kind", f.ErrorKind}, {"seam error type", f.SeamErrorType}, {"id", f.SourceEventID},
+	} {
+		// Only blanks is a variable gone wrong, never a value: refuse it
+		// rather than guess whether it meant "any".
+		if v.value != "" && strings.TrimSpace(v.value) == "" {
+			return fmt.Errorf("%w: %s is blank", ErrInvalidFilter, v.name)
+		}
+	}
 	if f.Subject != "" && !slices.Contains(schemas.InputSubjects(), f.Subject) {
 		return fmt.Errorf("%w: subject %q is not one of %v", ErrInvalidFilter, f.Subject, schemas.InputSubjects())
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/keyworker/keyworker/seamclient"
 )
 
 // Masked replaces a secret in Pretty's output.
@@ -18,7 +20,7 @@ const Masked = "****"
 // little readability and cannot leak a code through an unexpected shape.
 func isSecretKey(k string) bool {
 	switch strings.ToLower(k) {
-	case "code", "card_number", "pin":
+	case "code", "card_number", "pin", "pin_code", "passcode", "access_code":
 		return true
 	}
 	return false
@@ -26,7 +28,8 @@ func isSecretKey(k string) bool {
 
 // Pretty indents the JSON document raw by two spaces, keeping its member
 // order and numbers as written, and, unless reveal is set, replaces the
-// value of every "code", "card_number" and "pin" member with Masked. It
+// value of every "code", "card_number" and "pin" member (and the like) with
+// Masked, and codes that other strings quote with seamclient.Redacted. It
 // returns an error for anything but exactly one JSON value.
 func Pretty(raw []byte, reveal bool) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -65,8 +68,12 @@ func (p *printer) value(depth int, mask bool) error {
 	case json.Delim:
 		return p.container(t, depth, mask)
 	case string:
-		if mask {
+		switch {
+		case mask:
 			t = Masked
+		case !p.reveal:
+			// Free text such as Seam's error message may quote a code.
+			t = seamclient.RedactCodes(t)
 		}
 		p.str(t)
 	case json.Number:

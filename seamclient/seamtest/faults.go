@@ -54,6 +54,9 @@ type Fault struct {
 	ErrorType  string
 	RetryAfter string
 	Delay      time.Duration
+	// Message is the error envelope's message (FaultStatus); empty says
+	// the fault was injected. Seam's messages may quote a code.
+	Message string
 }
 
 // Status429 is a 429 rate_limited answer with the given Retry-After header
@@ -156,7 +159,11 @@ func writeFault(w http.ResponseWriter, r *http.Request, f Fault, requestID strin
 		if f.RetryAfter != "" {
 			w.Header().Set("Retry-After", f.RetryAfter)
 		}
-		writeJSON(w, status, errorBody(typ, "Injected by seamtest.", requestID))
+		msg := f.Message
+		if msg == "" {
+			msg = "Injected by seamtest."
+		}
+		writeJSON(w, status, errorBody(typ, msg, requestID))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -52,6 +53,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	Replicas      int
 	UpdateStreams bool
+	// AllowInsecureSeam permits a plain http SEAM_ENDPOINT to a host that
+	// is not loopback.
+	AllowInsecureSeam bool
 
 	// worker is set when the worker's own settings were registered: the
 	// operator commands have only the NATS ones.
@@ -109,6 +113,7 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 	fs.DurationVar(&c.cfg.AwaitSync, "await-sync", 0, "how long to wait, after Seam accepted a change, for the lock or card system to have it before publishing the result; 0 publishes at once ($KEYWORKER_AWAIT_SYNC)")
 	fs.DurationVar(&c.cfg.DupWindow, "duplicate-window", 2*time.Minute, "JetStream duplicate window of the streams, when creating them ($KEYWORKER_DUPLICATE_WINDOW)")
 	fs.DurationVar(&c.cfg.ShutdownGrace, "shutdown-grace", 25*time.Second, "time in-flight events get to finish on SIGTERM ($KEYWORKER_SHUTDOWN_GRACE)")
+	fs.BoolVar(&c.cfg.AllowInsecureSeam, "allow-insecure-seam", false, "allow a plain http SEAM_ENDPOINT to a host that is not loopback: the API key is sent in clear ($KEYWORKER_ALLOW_INSECURE_SEAM)")
 	fs.BoolVar(&c.cfg.UpdateStreams, "update-streams", false, "update existing streams, consumer and buckets whose settings differ, instead of refusing to start ($KEYWORKER_UPDATE_STREAMS)")
 	c.bindings = append(c.bindings,
 		binding{"seam-timeout", "KEYWORKER_SEAM_TIMEOUT"},
@@ -121,6 +126,7 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 		binding{"duplicate-window", "KEYWORKER_DUPLICATE_WINDOW"},
 		binding{"shutdown-grace", "KEYWORKER_SHUTDOWN_GRACE"},
 		binding{"update-streams", "KEYWORKER_UPDATE_STREAMS"},
+		binding{"allow-insecure-seam", "KEYWORKER_ALLOW_INSECURE_SEAM"},
 	)
 	return c
 }
@@ -143,43 +149,77 @@ func ParseFlags(fs *flag.FlagSet, c *ConfigFlags, args []string, getenv func(str
 			continue
 		}
 		if err := fs.Set(b.flag, v); err != nil {
-			return &UsageError{Msg: fmt.Sprintf("%s=%q: %v", b.env, v, err)}
+			// The flag package's error says what is wrong without the
+			// value; the value could be a key pasted in the wrong variable.
+			return &UsageError{Msg: fmt.Sprintf("%s: %v%s (value not shown)", b.env, err, want(fs.Lookup(b.flag)))}
 		}
 	}
 	return c.cfg.validate()
 }
 
+// want says what kind of value a flag takes, for an error that may not
+// quote the value it got.
+func want(f *flag.Flag) string {
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return ""
+	}
+	switch g.Get().(type) {
+	case bool:
+		return ": want true or false"
+	case int:
+		return ": want a whole number"
+	case float64:
+		return ": want a number"
+	case time.Duration:
+		return ": want a duration such as 30s or 5m"
+	}
+	return ""
+}
+
+// validate checks the configuration. Its errors name the variable and
+// what is wrong, never the value: a value may hold a password or be a key
+// pasted into the wrong variable.
 func (c *Config) validate() error {
 	bad := func(name, format string, a ...any) error {
 		return &UsageError{Msg: name + ": " + fmt.Sprintf(format, a...)}
 	}
 	if c.NATSURL != "" {
-		for _, s := range strings.Split(c.NATSURL, ",") {
-			u, err := url.Parse(strings.TrimSpace(s))
-			if err != nil || u.Host == "" {
-				return bad("NATS_URL", "%q is not a server URL such as nats://127.0.0.1:4222", s)
+		servers := strings.Split(c.NATSURL, ",")
+		for i, s := range servers {
+			if err := checkServerURL(strings.TrimSpace(s)); err != "" {
+				return bad("NATS_URL", "%s %s (value not shown; a password in a URL must be percent-encoded)", serverName(i, len(servers)), err)
 			}
 		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return bad("NATS_TLS_CERT", "NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}
-	for env, path := range map[string]string{"NATS_CREDS": c.NATSCreds, "NATS_NKEY": c.NATSNKey, "NATS_TLS_CA": c.TLSCA, "NATS_TLS_CERT": c.TLSCert, "NATS_TLS_KEY": c.TLSKey} {
-		if path == "" {
+	for _, f := range []struct{ env, path string }{
+		{"NATS_CREDS", c.NATSCreds}, {"NATS_NKEY", c.NATSNKey}, {"NATS_TLS_CA", c.TLSCA}, {"NATS_TLS_CERT", c.TLSCert}, {"NATS_TLS_KEY", c.TLSKey},
+	} {
+		if f.path == "" {
 			continue
 		}
-		if _, err := os.Stat(path); err != nil {
-			return bad(env, "cannot read %q", path)
+		if _, err := os.Stat(f.path); err != nil {
+			// Only the reason: a seed or token pasted instead of a path
+			// would otherwise be printed.
+			reason := "cannot read the file it names"
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				reason += ": " + pe.Err.Error()
+			}
+			return bad(f.env, "%s (it takes a file path; value not shown)", reason)
 		}
 	}
 	if (c.NATSUser == "") != (c.NATSPassword == "") {
 		return bad("NATS_USER", "NATS_USER and NATS_PASSWORD go together")
 	}
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
-		return bad("LOG_LEVEL", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
+		return bad("LOG_LEVEL", "not one of trace, debug, info, warn, error")
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
-		return bad("LOG_FORMAT", "%q is not json or console", c.LogFormat)
+		return bad("LOG_FORMAT", "not json or console")
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return bad("KEYWORKER_REPLICAS", "%d is not between 1 and 5", c.Replicas)
@@ -187,14 +227,12 @@ func (c *Config) validate() error {
 	if !c.worker {
 		return nil
 	}
-	if c.SeamEndpoint != "" {
-		if u, err := url.Parse(c.SeamEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("SEAM_ENDPOINT", "%q is not an http(s) URL", c.SeamEndpoint)
-		}
+	if err := c.checkSeamEndpoint(); err != nil {
+		return err
 	}
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
-			return bad("KEYWORKER_HTTP_ADDR", "%q is not host:port", c.HTTPAddr)
+			return bad("KEYWORKER_HTTP_ADDR", "not host:port such as 127.0.0.1:9090")
 		}
 	}
 	switch {
@@ -218,6 +256,62 @@ func (c *Config) validate() error {
 		return bad("KEYWORKER_SEAM_TIMEOUT", "%s must be positive", c.SeamTimeout)
 	}
 	return nil
+}
+
+// checkServerURL says what is wrong with one NATS server URL, without
+// quoting any of it, or returns "".
+func checkServerURL(s string) string {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return "is not a URL such as nats://127.0.0.1:4222"
+	case u.Scheme == "" || u.Host == "":
+		return "is not a server URL such as nats://127.0.0.1:4222"
+	}
+	return ""
+}
+
+func serverName(i, n int) string {
+	if n == 1 {
+		return "the server"
+	}
+	return fmt.Sprintf("server %d of %d", i+1, n)
+}
+
+// checkSeamEndpoint refuses an endpoint that is no http(s) URL, and plain
+// http to anything but loopback unless allowed: the API key would cross
+// the network in clear. The value is never quoted, since a key pasted
+// here instead of into SEAM_API_KEY is a common slip.
+func (c *Config) checkSeamEndpoint() error {
+	if c.SeamEndpoint == "" {
+		return nil
+	}
+	bad := func(format string, a ...any) error {
+		return &UsageError{Msg: "SEAM_ENDPOINT: " + fmt.Sprintf(format, a...)}
+	}
+	u, err := url.Parse(c.SeamEndpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if strings.HasPrefix(c.SeamEndpoint, "seam_") {
+			return bad("not an http(s) URL; it looks like an API key, which goes in SEAM_API_KEY (value not shown)")
+		}
+		return bad("not an http(s) URL such as %s (value not shown)", seamclient.DefaultEndpoint)
+	}
+	if u.User != nil {
+		return bad("must not carry user info; the key goes in SEAM_API_KEY (value not shown)")
+	}
+	if u.Scheme == "http" && c.SeamAPIKey != "" && !c.AllowInsecureSeam && !isLoopback(u.Hostname()) {
+		return bad("plain http to a host that is not loopback would send the API key in clear: use https, or set KEYWORKER_ALLOW_INSECURE_SEAM=true (--allow-insecure-seam) for a trusted network")
+	}
+	return nil
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ConsumerConfig maps the command's configuration onto the consumer's.

@@ -60,9 +60,11 @@ func isBoolFlag(f *flag.Flag) bool {
 type filterFlags struct {
 	subject, since, until, kind, seamType, id string
 	limit                                     int
+	fs                                        *flag.FlagSet
 }
 
 func (f *filterFlags) register(fs *flag.FlagSet) {
+	f.fs = fs
 	fs.StringVar(&f.subject, "subject", "", "original subject: guest.checked_in or guest.checked_out (checkin, checkout)")
 	fs.StringVar(&f.since, "since", "", "dead-lettered at or after: RFC 3339 time, or a duration ago such as 2h or 7d")
 	fs.StringVar(&f.until, "until", "", "dead-lettered at or before: RFC 3339 time, or a duration ago such as 30m")
@@ -74,6 +76,9 @@ func (f *filterFlags) register(fs *flag.FlagSet) {
 
 // filter turns the flags into a dlq.Filter; errors are usage errors.
 func (f *filterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
+	if err := f.refuseEmpty(cmd); err != nil {
+		return dlq.Filter{}, err
+	}
 	out := dlq.Filter{ErrorKind: f.kind, SeamErrorType: f.seamType, SourceEventID: f.id, Limit: f.limit}
 	switch s := strings.TrimPrefix(f.subject, schemas.DeadLetterPrefix); s {
 	case "checkin", "checked_in":
@@ -82,6 +87,9 @@ func (f *filterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 		out.Subject = schemas.SubjectCheckedOut
 	default:
 		out.Subject = s
+	}
+	if out.Subject == "" && f.subject != "" {
+		return out, &cli.UsageError{Msg: cmd + ": --subject names no subject: give guest.checked_in or guest.checked_out"}
 	}
 	var err error
 	if out.Since, err = parseWhen(f.since, now); err != nil {
@@ -94,6 +102,25 @@ func (f *filterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 		return out, &cli.UsageError{Msg: cmd + ": " + strings.TrimPrefix(err.Error(), "dlq: ")}
 	}
 	return out, nil
+}
+
+// refuseEmpty refuses a filter flag given with an empty value: an unset
+// shell variable (--id "$ID") would otherwise select every dead letter,
+// and purge would delete them all.
+func (f *filterFlags) refuseEmpty(cmd string) error {
+	var err error
+	f.fs.Visit(func(fl *flag.Flag) {
+		if err != nil {
+			return
+		}
+		switch fl.Name {
+		case "subject", "since", "until", "error-kind", "seam-error-type", "id":
+			if strings.TrimSpace(fl.Value.String()) == "" {
+				err = &cli.UsageError{Msg: fmt.Sprintf("%s: --%s is empty (an unset variable?); leave the flag out to select without it", cmd, fl.Name)}
+			}
+		}
+	})
+	return err
 }
 
 // parseWhen reads an RFC 3339 time, or a duration meaning that long

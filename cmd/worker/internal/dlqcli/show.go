@@ -12,13 +12,14 @@ import (
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
+	"github.com/keyworker/keyworker/seamclient"
 )
 
 const showUsage = `Usage: worker dlq show SEQ [--reveal] [--json]
 
 Prints one dead letter in full: the error, the original event, the Seam
 request and the last known credential. Credential codes (PINs) and card
-numbers are masked unless --reveal is given. --json prints the stored
+numbers are masked unless --reveal is given, also where a message quotes them. --json prints the stored
 document, masked the same way.
 
 Example:
@@ -73,13 +74,21 @@ func show(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func writeDeadLetter(w io.Writer, e dlq.Entry, original []byte, origErr error, reveal bool) error {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	p("Dead letter %d on %s, stored %s\n", e.Sequence, e.Subject, e.Time.Format(time.RFC3339Nano))
+	// Free text may quote a code: an older worker's dead letter, or a
+	// message from outside Seam's client, which redacts its own.
+	text := func(s string) string {
+		if reveal {
+			return s
+		}
+		return seamclient.RedactCodes(s)
+	}
 	if e.Err != nil {
-		p("  does not decode: %v\n\nStored message:\n", e.Err)
+		p("  does not decode: %s\n\nStored message:\n", text(e.Err.Error()))
 		writeJSONOrText(w, e.Raw, reveal)
 		return nil
 	}
 	dl := e.DeadLetter
-	p("  error:       %s: %s\n", dl.Error.Kind, dl.Error.Message)
+	p("  error:       %s: %s\n", dl.Error.Kind, text(dl.Error.Message))
 	if dl.Error.HTTPStatus != 0 || dl.Error.SeamErrorType != "" || dl.Error.SeamRequestID != "" {
 		p("  seam:        HTTP %s, error type %s, request id %s\n", dashInt(dl.Error.HTTPStatus), dash(dl.Error.SeamErrorType), dash(dl.Error.SeamRequestID))
 	}
@@ -130,6 +139,9 @@ func writeJSONOrText(w io.Writer, b []byte, reveal bool) {
 	if doc, err := dlq.Pretty(b, reveal); err == nil {
 		fmt.Fprintf(w, "%s\n", doc)
 		return
+	}
+	if !reveal {
+		b = []byte(seamclient.RedactCodes(string(b)))
 	}
 	if utf8.Valid(b) {
 		fmt.Fprintf(w, "(not JSON) %q\n", b)
