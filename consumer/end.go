@@ -75,6 +75,7 @@ func (w *Worker) conclude(ctx context.Context, j *job) Outcome {
 		SourceEventID:     j.event.ID,
 		SourceEventSource: j.event.Source,
 		ReplayOf:          j.replayOf,
+		WorkspaceID:       workspaceID(j),
 	})
 }
 
@@ -87,6 +88,7 @@ func (w *Worker) skip(ctx context.Context, j *job) Outcome {
 		SourceEventID:     j.event.ID,
 		SourceEventSource: j.event.Source,
 		ReplayOf:          j.replayOf,
+		WorkspaceID:       workspaceID(j),
 	}
 	if by := j.plan.By; by != nil {
 		data.NewerEventTime = by.Time
@@ -137,6 +139,8 @@ func (w *Worker) seamFailed(ctx context.Context, j *job, err error) Outcome {
 	switch {
 	case ctx.Err() != nil, errors.Is(err, errStopping):
 		return w.handBack(ctx, j, err, 0)
+	case errors.As(err, new(*crowdedError)):
+		return w.handBack(ctx, j, err, w.cfg.GateProbeMax)
 	case errors.As(err, &lost):
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
 	case w.retryForSpent(j) != nil:
@@ -295,6 +299,7 @@ func (w *Worker) describe(j *job, kind string, cause error) schemas.DeadLetter {
 		ACSCredential:   j.credential,
 		Attempts:        j.attempts,
 		ReplayOf:        j.replayOf,
+		WorkspaceID:     workspaceID(j),
 	}
 	if j.meta != nil {
 		dl.OriginalStreamSequence = j.meta.Sequence.Stream

@@ -92,6 +92,8 @@ type CredentialResult struct {
 	SourceEventID     string          `json:"source_event_id"`
 	SourceEventSource string          `json:"source_event_source"`
 	ReplayOf          uint64          `json:"replay_of,omitempty"`
+	// WorkspaceID is the Seam workspace the event was routed to, when known.
+	WorkspaceID string `json:"workspace_id,omitempty"`
 }
 
 // Skipped is the data of credential.skipped.
@@ -106,6 +108,7 @@ type Skipped struct {
 	SourceEventID           string    `json:"source_event_id"`
 	SourceEventSource       string    `json:"source_event_source"`
 	ReplayOf                uint64    `json:"replay_of,omitempty"`
+	WorkspaceID             string    `json:"workspace_id,omitempty"` // as in CredentialResult
 }
 
 // DeadLetterError says why an event was given up.
@@ -140,4 +143,6 @@ type DeadLetter struct {
 	FirstAttemptAt         *time.Time      `json:"first_attempt_at,omitempty"`
 	LastAttemptAt          *time.Time      `json:"last_attempt_at,omitempty"`
 	ReplayOf               uint64          `json:"replay_of,omitempty"`
+	// WorkspaceID is the Seam workspace the event was routed to, when it got that far.
+	WorkspaceID string `json:"workspace_id,omitempty"`
 }
