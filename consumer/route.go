@@ -84,12 +84,16 @@ func (w *Worker) SetWorkspaces(ws []Workspace) error {
 	}
 	w.routes.Store(rt)
 	w.health.notify() // Run may be holding for workspaces that are gone
+	w.logRouting(rt)
+	return nil
+}
+
+func (w *Worker) logRouting(rt *routing) {
 	ids := make([]string, len(rt.all))
 	for i, x := range rt.all {
 		ids[i] = x.label
 	}
 	w.log.Info().Strs("workspaces", ids).Int("properties", len(rt.byProperty)).Bool("default", rt.def != nil).Msg("workspace routing loaded")
-	return nil
 }
 
 func (w *Worker) buildRouting(ws []Workspace, old *routing) (*routing, error) {

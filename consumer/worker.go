@@ -110,6 +110,9 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 		return nil, err
 	}
 	w.routes.Store(rt)
+	if rt.all[0].id != "" {
+		w.logRouting(rt)
+	}
 	w.pending = nil
 	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
 	if err != nil {
