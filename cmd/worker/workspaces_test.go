@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/dlq"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -173,6 +176,18 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 		if r.Header.Get("seam-workspace") != "ws_lodge" {
 			t.Errorf("request to the lodge with seam-workspace %q", r.Header.Get("seam-workspace"))
 		}
+	}
+
+	var out bytes.Buffer
+	if err := run(ctx, []string{"status", "--by-workspace", "--json", "--nats-url", url}, nil, &out, io.Discard); err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	var st dlq.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.DeadLetters.ByWorkspace["none"] != 1 || st.Results == nil || st.Results.ByWorkspace["ws_lodge"] != 1 || st.Results.Total != 1 {
+		t.Errorf("status by workspace: dead letters %v, results %+v; want the unrouted dead letter and ws_lodge's result", st.DeadLetters.ByWorkspace, st.Results)
 	}
 }
 
