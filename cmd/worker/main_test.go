@@ -42,6 +42,7 @@ func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
 		"kind=permanent",
 		"acs_credential_not_found",
 		"changed hands 2 times",
+		"[ws_harbour_inn]",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, text)
