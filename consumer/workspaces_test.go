@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
@@ -215,7 +217,9 @@ func TestWorkspaces_OneWorkspaceDownNeverHoldsTheOther(t *testing.T) {
 			h := newHarness(t, cfg)
 			a := newHotel(t, "ws_grand", "grand-hotel")
 			b := newHotel(t, "ws_harbour", "harbour-inn")
-			w := h.newWorker(consumer.WithWorkspaces([]consumer.Workspace{a.workspace(t, cfg.SeamTimeout), b.workspace(t, cfg.SeamTimeout)}))
+			reg := prometheus.NewRegistry()
+			w := h.newWorker(consumer.WithWorkspaces([]consumer.Workspace{a.workspace(t, cfg.SeamTimeout), b.workspace(t, cfg.SeamTimeout)}),
+				consumer.WithMetrics(consumer.NewMetrics(reg, nil)))
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
@@ -251,6 +255,26 @@ func TestWorkspaces_OneWorkspaceDownNeverHoldsTheOther(t *testing.T) {
 			if s, _ := w.SeamHealth(); s != consumer.SeamHealthy {
 				t.Errorf("worker SeamHealth %s with one workspace healthy, want healthy", s)
 			}
+			var aState consumer.SeamHealth
+			for _, x := range w.Workspaces() {
+				if x.ID == a.id {
+					aState = x.Health
+				}
+			}
+			for _, m := range []struct {
+				ws, state string
+			}{{a.id, aState.String()}, {b.id, "healthy"}} {
+				if v := gaugeValue(t, reg, "keyworker_seam_gate", map[string]string{"workspace": m.ws, "state": m.state}); v != 1 {
+					t.Errorf("keyworker_seam_gate{workspace=%q,state=%q} = %v, want 1", m.ws, m.state, v)
+				}
+			}
+			// Counted once settled, just after the outcome is published.
+			natstest.WaitFor(t, 10*time.Second, func() error {
+				if v := gaugeValue(t, reg, "keyworker_workspace_events_total", map[string]string{"workspace": b.id, "outcome": "assigned"}); v != n {
+					return fmt.Errorf("keyworker_workspace_events_total{workspace=%q,outcome=assigned} = %v, want %d", b.id, v, n)
+				}
+				return nil
+			})
 			t.Logf("%d events of %s done %s into %s's outage", len(bIDs), b.id, time.Since(downAt).Round(time.Millisecond), a.id)
 			if left := tc.down - time.Since(downAt); left > 0 {
 				// The outage lasts its length; nothing to await but time itself.
@@ -268,4 +292,34 @@ func TestWorkspaces_OneWorkspaceDownNeverHoldsTheOther(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gaugeValue is the value of the series of metric with exactly these labels, 0 when absent.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, metric string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != metric {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			if len(m.GetLabel()) != len(labels) {
+				continue
+			}
+			for _, l := range m.GetLabel() {
+				if labels[l.GetName()] != l.GetValue() {
+					continue next
+				}
+			}
+			if m.Gauge != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }
