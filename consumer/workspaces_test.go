@@ -46,15 +46,21 @@ func (ho *hotel) workspace(t *testing.T, timeout time.Duration) consumer.Workspa
 // own credential and guest, and returns their ids.
 func (h *harness) checkInsAt(ho *hotel, n int) []string {
 	h.t.Helper()
-	ids := make([]string, n)
-	for i := range n {
-		ids[i] = fmt.Sprintf("%s-%d", ho.id, i)
+	return h.checkInsFrom(ho, 0, n)
+}
+
+// checkInsFrom is checkInsAt for the guests from, from+1, ...
+func (h *harness) checkInsFrom(ho *hotel, from, n int) []string {
+	h.t.Helper()
+	ids := make([]string, 0, n)
+	for i := from; i < from+n; i++ {
+		ids = append(ids, fmt.Sprintf("%s-%d", ho.id, i))
 		d := schemas.GuestData{
 			ACSCredentialID: credOf(ho, i),
 			ACSUserID:       fmt.Sprintf("55555555-5555-4555-8555-%012d", i),
 			PropertyID:      ho.property,
 		}
-		h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, ids[i], time.Now(), d), "")
+		h.publish(schemas.SubjectCheckedIn, event(schemas.SubjectCheckedIn, ids[len(ids)-1], time.Now(), d), "")
 	}
 	return ids
 }
@@ -276,15 +282,28 @@ func TestWorkspaces_OneWorkspaceDownNeverHoldsTheOther(t *testing.T) {
 				return nil
 			})
 			t.Logf("%d events of %s done %s into %s's outage", len(bIDs), b.id, time.Since(downAt).Round(time.Millisecond), a.id)
-			if left := tc.down - time.Since(downAt); left > 0 {
-				// The outage lasts its length; nothing to await but time itself.
-				time.Sleep(left)
+			// b keeps taking events, a batch every few seconds, for as long
+			// as the outage lasts, each batch done while a is still down.
+			bDone := n
+			for time.Since(downAt) < tc.down {
+				const batch = 10
+				time.Sleep(5 * time.Second) // the PMS's pace, not a synchronisation
+				h.checkInsFrom(b, bDone, batch)
+				bDone += batch
+				outs := h.waitOutcomes(bDone, 30*time.Second)
+				if got := len(outcomesOf(t, outs, a)); got != 0 {
+					t.Fatalf("%d outcomes of the workspace that is down", got)
+				}
+				assertHotelDone(t, outs, b, bDone)
 			}
 			tc.fail(a.seam, false)
-			outs = h.waitOutcomes(2*n, 3*time.Minute)
+			upAt := time.Now()
+			outs = h.waitOutcomes(n+bDone, 3*time.Minute)
+			t.Logf("%s: %d events done during %s of %s's outage; its %d events done %s after it came back",
+				b.id, bDone, upAt.Sub(downAt).Round(time.Second), a.id, n, time.Since(upAt).Round(time.Millisecond))
 			h.waitDrained(30 * time.Second)
 			assertHotelDone(t, outs, a, len(aIDs))
-			assertHotelDone(t, outs, b, n)
+			assertHotelDone(t, outs, b, bDone)
 			for _, o := range outs {
 				if o.DL.OriginalSubject != "" {
 					t.Errorf("%s dead-lettered: %s", o.sourceID(), o.DL.Error.Message)
