@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,9 +106,10 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 	write(entry("ws_grand", "KEY_GRAND", grand.URL, "grand-hotel"))
 
 	cmd := exec.Command(bin, "run")
+	httpAddr := "127.0.0.1:" + freePort(t)
 	cmd.Env = append(os.Environ(), "NATS_URL="+url, "KEYWORKER_WORKSPACES="+path,
 		"KEY_GRAND=seam_key_grand", "KEY_LODGE=seam_key_lodge", "SEAM_API_KEY=", "SEAM_WORKSPACE_ID=",
-		"KEYWORKER_HTTP_ADDR=127.0.0.1:"+freePort(t), "LOG_LEVEL=info")
+		"KEYWORKER_HTTP_ADDR="+httpAddr, "LOG_LEVEL=info")
 	var logs syncBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -188,6 +190,33 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 	}
 	if st.DeadLetters.ByWorkspace["none"] != 1 || st.Results == nil || st.Results.ByWorkspace["ws_lodge"] != 1 || st.Results.Total != 1 {
 		t.Errorf("status by workspace: dead letters %v, results %+v; want the unrouted dead letter and ws_lodge's result", st.DeadLetters.ByWorkspace, st.Results)
+	}
+
+	// One workspace refusing its key: still ready, the other one named.
+	grand.SetRefuseKey(true)
+	g := schemas.GuestData{ACSCredentialID: "66666666-6666-4666-8666-000000000008", ACSUserID: d.ACSUserID, PropertyID: "grand-hotel"}
+	doc, err = schemas.NewEnvelope(schemas.SubjectCheckedIn, "pms://group", "evt-grand-1", "", time.Now(), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(t.Context(), schemas.SubjectCheckedIn, doc); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 30*time.Second, func() error {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"unhealthy_workspaces":["seam_unauthorized: workspace ws_grand:`) {
+			return fmt.Errorf("/readyz %d %s, want 200 naming ws_grand unauthorized", resp.StatusCode, body)
+		}
+		return nil
+	})
+	grand.SetRefuseKey(false)
+	if res := waitStreamMsg(t, js, consumer.DefaultResultsStream, 2); !strings.Contains(string(res.Data), `"workspace_id":"ws_grand"`) {
+		t.Fatalf("after ws_grand took its key again: %s", res.Data)
 	}
 }
 
