@@ -64,7 +64,7 @@ func TestClassification_Table(t *testing.T) {
 func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *testing.T) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	g := newGate(clock, discard(), nil, time.Second, 5*time.Second)
+	g := newGate(clock, discard(), nil, "default", time.Second, 5*time.Second)
 	down := &seamclient.TransportError{Path: seamclient.PathAssign, Err: errors.New("connection refused")}
 	for range gateTripAfter - 1 {
 		g.report(false, down)
@@ -88,13 +88,13 @@ func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *tes
 		now = now.Add(time.Second) // time passes while waiting
 		return nil
 	}
-	probe, waited, err := g.admit(ctx, time.Millisecond, tick)
+	probe, waited, err := g.admit(ctx, time.Millisecond, 0, tick)
 	if err != nil || !probe || !waited || ticks == 0 {
 		t.Fatalf("admit: probe %v waited %v err %v ticks %d, want a probe after waiting", probe, waited, err, ticks)
 	}
 	// A second caller waits while the probe is out; the probe fails: backed off.
 	cancel()
-	if p, _, err := g.admit(ctx, time.Millisecond, tick); p || err == nil {
+	if p, _, err := g.admit(ctx, time.Millisecond, 0, tick); p || err == nil {
 		t.Fatalf("second admit while probing: probe %v err %v, want to wait", p, err)
 	}
 	g.report(true, down)
@@ -114,7 +114,7 @@ func TestGate_OpensAfterFailuresInARowProbesOneAtATimeAndClosesOnAnAnswer(t *tes
 
 func TestPacer_A429CutsTheRateOnceAndItGrowsBack(t *testing.T) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	p := newPacer(func() time.Time { return now }, Sleep, 0, nil)
+	p := newPacer(func() time.Time { return now }, Sleep, 0, nil, "default")
 	for range 20 {
 		p.count()
 	}

@@ -80,6 +80,7 @@ func (w *Worker) conclude(ctx context.Context, j *job) Outcome {
 		SourceEventSource: j.event.Source,
 		ReplayOf:          j.replayOf,
 		ProviderSync:      w.syncOf(j), // sync.go
+		WorkspaceID:       workspaceID(j),
 	})
 }
 
@@ -92,6 +93,7 @@ func (w *Worker) skip(ctx context.Context, j *job) Outcome {
 		SourceEventID:     j.event.ID,
 		SourceEventSource: j.event.Source,
 		ReplayOf:          j.replayOf,
+		WorkspaceID:       workspaceID(j),
 	}
 	if by := j.plan.By; by != nil {
 		data.NewerEventTime = by.Time
@@ -160,6 +162,8 @@ func (w *Worker) verdictOf(ctx context.Context, j *job, err error) verdict {
 	switch {
 	case ctx.Err() != nil, errors.Is(err, errStopping):
 		return verdict{}
+	case errors.As(err, new(*crowdedError)):
+		return verdict{delay: w.cfg.GateProbeMax}
 	case errors.As(err, &lost):
 		return verdict{delay: w.cfg.BusyDelay}
 	case w.retryForSpent(j) != nil:
@@ -357,6 +361,7 @@ func (w *Worker) describe(j *job, kind string, cause error) schemas.DeadLetter {
 		ACSCredential:   j.credential,
 		Attempts:        j.attempts,
 		ReplayOf:        j.replayOf,
+		WorkspaceID:     workspaceID(j),
 	}
 	if j.meta != nil {
 		dl.OriginalStreamSequence = j.meta.Sequence.Stream

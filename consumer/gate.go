@@ -55,6 +55,8 @@ type gate struct {
 	now        func() time.Time
 	log        zerolog.Logger
 	metrics    *Metrics
+	label      string // the workspace, for the metrics
+	onChange   func() // after every report, for Run's hold; may be nil
 	probeFirst time.Duration
 	probeMax   time.Duration
 
@@ -69,9 +71,9 @@ type gate struct {
 	changed   chan struct{} // closed and replaced at every change of state
 }
 
-func newGate(now func() time.Time, log zerolog.Logger, m *Metrics, probeFirst, probeMax time.Duration) *gate {
-	g := &gate{now: now, log: log, metrics: m, probeFirst: probeFirst, probeMax: probeMax, since: now(), changed: make(chan struct{})}
-	m.observeGate(SeamHealthy)
+func newGate(now func() time.Time, log zerolog.Logger, m *Metrics, label string, probeFirst, probeMax time.Duration) *gate {
+	g := &gate{now: now, log: log, metrics: m, label: label, probeFirst: probeFirst, probeMax: probeMax, since: now(), changed: make(chan struct{})}
+	m.observeGate(label, SeamHealthy)
 	return g
 }
 
@@ -86,7 +88,9 @@ func (g *gate) health() (SeamHealth, time.Time) {
 // this caller's turn to probe. tick runs before each wait of at most
 // interval (to keep leases and the ack wait alive); its error ends the wait.
 // It reports whether the request is a probe, which the caller must report.
-func (g *gate) admit(ctx context.Context, interval time.Duration, tick func() error) (probe, waited bool, err error) {
+// A caller that would start waiting while crowd others already wait (0: no
+// bound) gets a *crowdedError instead.
+func (g *gate) admit(ctx context.Context, interval time.Duration, crowd int, tick func() error) (probe, waited bool, err error) {
 	for {
 		g.mu.Lock()
 		if g.state == SeamHealthy {
@@ -102,6 +106,11 @@ func (g *gate) admit(ctx context.Context, interval time.Duration, tick func() er
 		wait := interval
 		if !g.probing {
 			wait = min(wait, max(g.nextProbe.Sub(now), time.Millisecond))
+		}
+		if !waited && crowd > 0 && g.waiting >= crowd {
+			state := g.state
+			g.mu.Unlock()
+			return false, false, &crowdedError{workspace: g.label, health: state}
 		}
 		changed := g.changed
 		g.waiting++
@@ -130,31 +139,13 @@ func (g *gate) admit(ctx context.Context, interval time.Duration, tick func() er
 	}
 }
 
-// hold waits while the gate is open and events wait in it, so that Run
-// takes no new messages that could only wait too. With nobody waiting, one
-// more message may come in to carry the next probe. tick runs every
-// interval while it waits.
-func (g *gate) hold(ctx context.Context, interval time.Duration, tick func()) {
-	for {
-		g.mu.Lock()
-		if g.state == SeamHealthy || g.waiting == 0 && !g.probing {
-			g.mu.Unlock()
-			return
-		}
-		changed := g.changed
-		g.mu.Unlock()
-		t := time.NewTimer(interval)
-		select {
-		case <-changed:
-		case <-t.C:
-			tick()
-		case <-ctx.Done():
-		}
-		t.Stop()
-		if ctx.Err() != nil {
-			return
-		}
-	}
+// holding reports whether the gate is open with events waiting in it:
+// new messages for its workspace could only wait too. With nobody waiting,
+// one more message may come in to carry the next probe.
+func (g *gate) holding() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state != SeamHealthy && (g.waiting > 0 || g.probing)
 }
 
 // gateSignal is what one answer says of Seam's health.
@@ -249,11 +240,14 @@ func (g *gate) backOff() {
 // set changes the state; g.mu is held.
 func (g *gate) set(state SeamHealth) {
 	g.state, g.since = state, g.now()
-	g.metrics.observeGate(state)
+	g.metrics.observeGate(g.label, state)
 }
 
 // wake lets every waiter look again; g.mu is held.
 func (g *gate) wake() {
 	close(g.changed)
 	g.changed = make(chan struct{})
+	if g.onChange != nil {
+		g.onChange()
+	}
 }

@@ -49,6 +49,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 			s.release()
 		}
 	}()
+	defer func() { out.WorkspaceID, out.workspace = workspaceID(j), workspaceLabel(j) }()
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error().Str("panic", fmt.Sprint(p)).Bytes("stack", debug.Stack()).
@@ -74,6 +75,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	if j.published {
 		// Its state was stored before it was published: nothing left to do.
 		return w.complete(ctx, j, idempotency.StatusCompleted, j.publishedSubject, 0)
+	}
+	if err := w.route(j); err != nil {
+		return w.deadLetter(ctx, j, schemas.ErrorKindPermanent, err)
 	}
 	if out, ok := w.leaseCredential(ctx, j); !ok {
 		return out

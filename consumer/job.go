@@ -29,6 +29,7 @@ type job struct {
 	key   string              // idempotency key of (source, id)
 	req   *seamclient.Request
 	guest idempotency.Guest
+	ws    *workspace // routed by property, before the credential is leased
 
 	claim *idempotency.Claim
 	lease *idempotency.CredentialLease

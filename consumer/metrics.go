@@ -26,7 +26,10 @@ type Metrics struct {
 	ackPending   prometheus.Gauge
 	redelivered  prometheus.Gauge
 	gate         *prometheus.GaugeVec
-	seamRate     prometheus.Gauge
+	seamRate     *prometheus.GaugeVec
+	// wsEvents counts outcomes per Seam workspace; the label takes only
+	// the configured workspaces, and "none" for events never routed.
+	wsEvents *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors with reg. inFlight, when not nil,
@@ -41,12 +44,12 @@ func NewMetrics(reg prometheus.Registerer, inFlight func() float64) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"type"}),
 		seamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "keyworker_seam_requests_total", Help: "Seam requests, by endpoint and status class (2xx, 4xx, 5xx, error).",
-		}, []string{"endpoint", "status_class"}),
+			Name: "keyworker_seam_requests_total", Help: "Seam requests, by workspace, endpoint and status class (2xx, 4xx, 5xx, error).",
+		}, []string{"workspace", "endpoint", "status_class"}),
 		seamSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "keyworker_seam_request_duration_seconds", Help: "Seam request latency, by endpoint.",
+			Name: "keyworker_seam_request_duration_seconds", Help: "Seam request latency, by workspace and endpoint.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
-		}, []string{"endpoint"}),
+		}, []string{"workspace", "endpoint"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyworker_retries_total", Help: "In-process retries of Seam calls, by endpoint.",
 		}, []string{"endpoint"}),
@@ -63,14 +66,17 @@ func NewMetrics(reg prometheus.Registerer, inFlight func() float64) *Metrics {
 			Name: "keyworker_consumer_redelivered", Help: "Messages redelivered and not yet acknowledged (sampled).",
 		}),
 		gate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "keyworker_seam_gate", Help: "Seam health gate: 1 for the current state (healthy, seam_unavailable, seam_unauthorized), 0 for the others.",
-		}, []string{"state"}),
-		seamRate: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "keyworker_seam_adaptive_rate", Help: "Requests per second the process allows itself after Seam answered 429 (0: no slowdown in force).",
-		}),
+			Name: "keyworker_seam_gate", Help: "Seam health gate per workspace: 1 for the current state (healthy, seam_unavailable, seam_unauthorized), 0 for the others.",
+		}, []string{"workspace", "state"}),
+		seamRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keyworker_seam_adaptive_rate", Help: "Requests per second the process allows itself towards a workspace after Seam answered 429 (0: no slowdown in force).",
+		}, []string{"workspace"}),
+		wsEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyworker_workspace_events_total", Help: "Deliveries handled, by Seam workspace (none: not routed) and outcome (assigned, unassigned, skipped, duplicate, retry, dead_letter).",
+		}, []string{"workspace", "outcome"}),
 	}
 	reg.MustRegister(m.events, m.eventSeconds, m.seamRequests, m.seamSeconds, m.retries, m.deadLetters,
-		m.pending, m.ackPending, m.redelivered, m.gate, m.seamRate)
+		m.pending, m.ackPending, m.redelivered, m.gate, m.seamRate, m.wsEvents)
 	m.zero()
 	if inFlight != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -102,11 +108,12 @@ func (m *Metrics) zero() {
 	}
 }
 
-func (m *Metrics) observeOutcome(subject string, out Outcome, d time.Duration) {
+func (m *Metrics) observeOutcome(subject, workspace string, out Outcome, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.events.WithLabelValues(subject, outcomeLabel(out)).Inc()
+	m.wsEvents.WithLabelValues(workspace, outcomeLabel(out)).Inc()
 	m.eventSeconds.WithLabelValues(subject).Observe(d.Seconds())
 }
 
@@ -130,7 +137,7 @@ func outcomeLabel(out Outcome) string {
 	return "retry"
 }
 
-func (m *Metrics) observeSeam(endpoint string, resp *seamclient.Response, err error, d time.Duration) {
+func (m *Metrics) observeSeam(workspace, endpoint string, resp *seamclient.Response, err error, d time.Duration) {
 	if m == nil {
 		return
 	}
@@ -142,8 +149,8 @@ func (m *Metrics) observeSeam(endpoint string, resp *seamclient.Response, err er
 	case errors.As(err, &api):
 		class = strconv.Itoa(api.StatusCode/100) + "xx"
 	}
-	m.seamRequests.WithLabelValues(endpoint, class).Inc()
-	m.seamSeconds.WithLabelValues(endpoint).Observe(d.Seconds())
+	m.seamRequests.WithLabelValues(workspace, endpoint, class).Inc()
+	m.seamSeconds.WithLabelValues(workspace, endpoint).Observe(d.Seconds())
 }
 
 func (m *Metrics) observeRetry(endpoint string) {
@@ -184,7 +191,7 @@ func (m *Metrics) SampleConsumer(ctx context.Context, js jetstream.JetStream, st
 	}
 }
 
-func (m *Metrics) observeGate(s SeamHealth) {
+func (m *Metrics) observeGate(workspace string, s SeamHealth) {
 	if m == nil {
 		return
 	}
@@ -193,13 +200,13 @@ func (m *Metrics) observeGate(s SeamHealth) {
 		if st == s {
 			v = 1
 		}
-		m.gate.WithLabelValues(st.String()).Set(v)
+		m.gate.WithLabelValues(workspace, st.String()).Set(v)
 	}
 }
 
-func (m *Metrics) observeSlowdown(limit float64) {
+func (m *Metrics) observeSlowdown(workspace string, limit float64) {
 	if m == nil {
 		return
 	}
-	m.seamRate.Set(limit)
+	m.seamRate.WithLabelValues(workspace).Set(limit)
 }

@@ -44,6 +44,9 @@ type Outcome struct {
 	Subject string
 	// Err says why, for Retry and DeadLettered.
 	Err error
+	// WorkspaceID is the Seam workspace the event was routed to, when it was.
+	WorkspaceID string
+	workspace   string // its metrics label, "none" when not routed
 }
 
 // settle acknowledges msg according to out. Dead letters are terminated

@@ -35,6 +35,7 @@ type pacer struct {
 	sleep   Sleeper
 	ceiling *rate.Limiter // nil: no ceiling
 	metrics *Metrics
+	label   string // the workspace, for the metrics
 
 	mu       sync.Mutex
 	adaptive *rate.Limiter // rate.Inf while no slowdown is in force; safe for concurrent use
@@ -47,11 +48,12 @@ type pacer struct {
 	lastSent int           // in the window before
 }
 
-func newPacer(now func() time.Time, sleep Sleeper, ceiling float64, m *Metrics) *pacer {
-	p := &pacer{now: now, sleep: sleep, metrics: m, adaptive: rate.NewLimiter(rate.Inf, 1)}
+func newPacer(now func() time.Time, sleep Sleeper, ceiling float64, m *Metrics, label string) *pacer {
+	p := &pacer{now: now, sleep: sleep, metrics: m, label: label, adaptive: rate.NewLimiter(rate.Inf, 1)}
 	if ceiling > 0 {
 		p.ceiling = rate.NewLimiter(rate.Limit(ceiling), max(1, int(ceiling)))
 	}
+	m.observeSlowdown(label, 0)
 	return p
 }
 
@@ -179,7 +181,7 @@ func (p *pacer) observe(epoch uint64, err error) {
 	}
 	if next > slowdownClear*p.bad {
 		p.adaptive.SetLimit(rate.Inf)
-		p.metrics.observeSlowdown(0)
+		p.metrics.observeSlowdown(p.label, 0)
 		return
 	}
 	p.setLimit(next)
@@ -188,7 +190,7 @@ func (p *pacer) observe(epoch uint64, err error) {
 // setLimit replaces the adaptive limit; p.mu is held.
 func (p *pacer) setLimit(l float64) {
 	p.adaptive.SetLimit(rate.Limit(l))
-	p.metrics.observeSlowdown(l)
+	p.metrics.observeSlowdown(p.label, l)
 }
 
 func later(a, b time.Time) time.Time {

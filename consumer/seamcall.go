@@ -104,7 +104,7 @@ func (w *Worker) makePlan(ctx context.Context, j *job) error {
 // readCredential reads the job's credential with /acs/credentials/get.
 func (w *Worker) readCredential(ctx context.Context, j *job) (*seamclient.Response, error) {
 	return w.seamRequest(ctx, j, "get", func(ctx context.Context) (*seamclient.Response, error) {
-		return w.seam.Get(ctx, j.req.ACSCredentialID)
+		return j.ws.seam.Get(ctx, j.req.ACSCredentialID)
 	})
 }
 
@@ -129,7 +129,7 @@ func (w *Worker) removeHolder(ctx context.Context, j *job, g idempotency.Guest) 
 		req.UserIdentityID = g.Identity
 	}
 	_, err := w.write(ctx, j, "unassign", func(ctx context.Context) (*seamclient.Response, error) {
-		return w.seam.Unassign(ctx, req)
+		return j.ws.seam.Unassign(ctx, req)
 	})
 	switch {
 	case err == nil, seamclient.IsType(err, seamclient.ErrorTypeNotAssigned):
@@ -163,9 +163,9 @@ func (w *Worker) applyOwn(ctx context.Context, j *job, uncertain *bool) error {
 	send := func() (*seamclient.Response, error) {
 		return w.write(ctx, j, endpointOf(j), func(ctx context.Context) (*seamclient.Response, error) {
 			if assign {
-				return w.seam.Assign(ctx, *j.req)
+				return j.ws.seam.Assign(ctx, *j.req)
 			}
-			return w.seam.Unassign(ctx, *j.req)
+			return j.ws.seam.Unassign(ctx, *j.req)
 		})
 	}
 	resp, err := send()
@@ -246,14 +246,14 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 	reported := false
 	defer func() {
 		if !reported { // do panicked: let another request probe
-			w.gate.report(probe, context.Canceled)
+			j.ws.gate.report(probe, context.Canceled)
 		}
 	}()
 	resp, err := do(ctx)
 	reported = true
-	w.gate.report(probe, err)
-	w.pacer.observe(epoch, err)
-	w.metrics.observeSeam(endpoint, resp, err, w.now().Sub(now))
+	j.ws.gate.report(probe, err)
+	j.ws.pacer.observe(epoch, err)
+	w.metrics.observeSeam(j.ws.label, endpoint, resp, err, w.now().Sub(now))
 	return resp, err
 }
 
@@ -277,9 +277,9 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 		defer context.AfterFunc(w.stopping, cancel)()
 		defer cancel()
 	}
-	probe, _, err := w.gate.admit(wctx, w.heartbeat(), tick)
+	probe, _, err := j.ws.gate.admit(wctx, w.heartbeat(), w.crowd(), tick)
 	if err == nil {
-		epoch, err = w.pacer.wait(wctx, w.heartbeat(), tick)
+		epoch, err = j.ws.pacer.wait(wctx, w.heartbeat(), tick)
 	}
 	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
 		err = errStopping
@@ -289,7 +289,7 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 	}
 	if err != nil {
 		if probe {
-			w.gate.report(true, context.Canceled) // not sent: another may probe
+			j.ws.gate.report(true, context.Canceled) // not sent: another may probe
 		}
 		return false, 0, err
 	}
@@ -297,6 +297,17 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 		j.backoff.restart()
 	}
 	return probe, epoch, nil
+}
+
+// crowd bounds the events that wait in one workspace's open gate. With one
+// workspace Run stops fetching instead, so no bound is needed; with several,
+// a workspace that is down gets at most Concurrency events waiting and the
+// rest handed back, so they cannot fill MaxAckPending and starve the others.
+func (w *Worker) crowd() int {
+	if len(w.routes.Load().all) < 2 {
+		return 0
+	}
+	return w.cfg.Concurrency
 }
 
 // errStopping ends a wait for the gate or the pacer when the worker shuts
@@ -430,7 +441,7 @@ func permanent(err error) bool {
 	switch {
 	case errors.As(err, &u):
 		return false
-	case errors.As(err, &lost), errors.As(err, &spent), errors.Is(err, errStopping):
+	case errors.As(err, &lost), errors.As(err, &spent), errors.Is(err, errStopping), errors.As(err, new(*crowdedError)):
 		return true
 	case signalOf(err) == signalUnauthorized:
 		return false

@@ -39,8 +39,12 @@ type Worker struct {
 	now       func() time.Time
 	sleep     Sleeper
 	seamRPS   float64
-	gate      *gate
-	pacer     *pacer
+	// routes is the current routing of properties to workspaces, each with
+	// its own gate and pacer; replaced whole by SetWorkspaces.
+	routes  atomic.Pointer[routing]
+	routeMu sync.Mutex  // serialises SetWorkspaces
+	health  broadcast   // any workspace's gate changed
+	pending []Workspace // from WithWorkspaces, until New builds the routing
 
 	maxPayload int
 	// stopping ends when Run's context does: waits for the gate or the
@@ -106,8 +110,19 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 		return nil, err
 	}
 	w.validator = v
-	w.gate = newGate(w.now, w.log, w.metrics, w.cfg.GateProbeFirst, w.cfg.GateProbeMax)
-	w.pacer = newPacer(w.now, w.sleep, w.seamRPS, w.metrics)
+	if w.pending == nil {
+		// No routing: one workspace takes every event, as it always did.
+		w.pending = []Workspace{{Seam: seam, RateLimit: w.seamRPS, Default: true}}
+	}
+	rt, err := w.buildRouting(w.pending, nil)
+	if err != nil {
+		return nil, err
+	}
+	w.routes.Store(rt)
+	if rt.all[0].id != "" {
+		w.logRouting(rt)
+	}
+	w.pending = nil
 	ikv, err := js.KeyValue(ctx, cfg.IdempotencyBucket)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: bucket %s: %w", cfg.IdempotencyBucket, err)
@@ -122,17 +137,26 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	return w, nil
 }
 
-// SeamUnauthorized reports whether the health gate is open because Seam
-// refused the API key (401/403): the worker should not be reported ready.
+// SeamUnauthorized reports whether Seam refuses the API key (401/403) of
+// every workspace: the worker should not be reported ready.
 func (w *Worker) SeamUnauthorized() bool {
-	s, _ := w.gate.health()
+	s, _ := w.SeamHealth()
 	return s == SeamUnauthorized
 }
 
 // SeamHealth reports the state of the Seam health gate and since when it
-// holds: while it is not SeamHealthy the worker takes no new events and
-// probes Seam until it answers.
-func (w *Worker) SeamHealth() (SeamHealth, time.Time) { return w.gate.health() }
+// holds: SeamHealthy while at least one workspace's gate is closed (the
+// worker takes new events), otherwise the state of the first workspace.
+// Workspaces tells each workspace's.
+func (w *Worker) SeamHealth() (SeamHealth, time.Time) {
+	all := w.Workspaces()
+	for _, x := range all {
+		if x.Health == SeamHealthy {
+			return x.Health, x.Since
+		}
+	}
+	return all[0].Health, all[0].Since
+}
 
 // InFlight is the number of events being handled now.
 func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
@@ -183,9 +207,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = msg.Nak()
 			continue
 		}
-		// While Seam is down, events already waiting for it will probe it:
-		// take no more until it is back.
-		w.gate.hold(ctx, w.heartbeat(), func() { _ = msg.InProgress() })
+		// While Seam is down (for every workspace), events already waiting
+		// for it will probe it: take no more until it is back.
+		w.hold(ctx, w.heartbeat(), func() { _ = msg.InProgress() })
 		if err := sem.acquire(ctx); err != nil {
 			_ = msg.Nak()
 			continue
@@ -228,5 +252,5 @@ func (w *Worker) process(ctx context.Context, msg jetstream.Msg, s slots) {
 		// The idempotency record makes the redelivery that follows harmless.
 		w.log.Warn().Err(err).Str("nats_subject", msg.Subject()).Msg("settling message")
 	}
-	w.metrics.observeOutcome(msg.Subject(), out, w.now().Sub(start))
+	w.metrics.observeOutcome(msg.Subject(), out.workspace, out, w.now().Sub(start))
 }

@@ -95,6 +95,8 @@ type CredentialResult struct {
 	// ProviderSync says whether the lock or card system has the change
 	// (contract extension, optional: older outcomes lack it).
 	ProviderSync *ProviderSync `json:"provider_sync,omitempty"`
+	// WorkspaceID is the Seam workspace the event was routed to, when known.
+	WorkspaceID string `json:"workspace_id,omitempty"`
 }
 
 // States of ProviderSync. Consumers must accept states added later.
@@ -141,6 +143,7 @@ type Skipped struct {
 	SourceEventID           string    `json:"source_event_id"`
 	SourceEventSource       string    `json:"source_event_source"`
 	ReplayOf                uint64    `json:"replay_of,omitempty"`
+	WorkspaceID             string    `json:"workspace_id,omitempty"` // as in CredentialResult
 }
 
 // DeadLetterError says why an event was given up.
@@ -180,4 +183,6 @@ type DeadLetter struct {
 	FirstAttemptAt         *time.Time          `json:"first_attempt_at,omitempty"`
 	LastAttemptAt          *time.Time          `json:"last_attempt_at,omitempty"`
 	ReplayOf               uint64              `json:"replay_of,omitempty"`
+	// WorkspaceID is the Seam workspace the event was routed to, when it got that far.
+	WorkspaceID string `json:"workspace_id,omitempty"`
 }

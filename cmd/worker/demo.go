@@ -23,8 +23,9 @@ import (
 const demoUsage = `Usage: worker demo
 
 Starts an embedded JetStream server (in a temporary directory), the Seam
-simulator and the worker, publishes a few realistic check-in and check-out
-events, prints what became of each, and exits.
+simulator with two hotels of a group (each its own workspace, key and
+state) and the worker routing events by property, publishes a few realistic
+check-in and check-out events, prints what became of each, and exits.
 
 Example:
   go run ./cmd/worker demo
@@ -55,15 +56,31 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cfg := &cli.Config{DataDir: dir, LogLevel: "error", LogFormat: "console", Concurrency: 8, Replicas: 1,
 		MaxDeliver: 10, MaxClockSkew: 5 * time.Minute, ShutdownGrace: 5 * time.Second, SeamTimeout: 5 * time.Second,
 		AwaitSync: demoAwaitSync}
-	// Like Seam, the simulator's lock system has each change a moment after Seam accepted it.
-	sim := seamtest.New(seamtest.WithAutoCreate(), seamtest.WithSyncDelay(500*time.Millisecond))
+	// Two hotels of a group, each its own Seam workspace with its own key.
+	// Like Seam, each simulator's lock system has each change a moment
+	// after Seam accepted it.
+	sim := seamtest.New(seamtest.WithAutoCreate(), seamtest.WithSyncDelay(demoSyncDelay))
+	harbour := seamtest.New(seamtest.WithAutoCreate(), seamtest.WithSyncDelay(demoSyncDelay))
+	multi := seamtest.NewWorkspaces()
+	multi.Add(demoGrand, "sim_key_grand", sim)
+	multi.Add(demoHarbour, "sim_key_harbour", harbour)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	url, stopSim, err := multi.Serve(ctx, "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo: seam simulator: %w", err)
+	}
+	defer func() { _ = stopSim(context.Background()) }()
+	cfg.SeamEndpoint = url
+	cfg.Routing = []cli.WorkspaceSpec{
+		{ID: demoGrand, APIKey: "sim_key_grand", Properties: []string{"grand-hotel"}},
+		{ID: demoHarbour, APIKey: "sim_key_harbour", Properties: []string{"harbour-inn"}},
+	}
 	ready := make(chan *cli.Conn, 1)
 	served := make(chan error, 1)
 	go func() {
-		served <- serve(ctx, cfg, cli.NewLogger(cfg, stderr), serveHooks{sim: sim, started: func(c *cli.Conn) { ready <- c }})
+		served <- serve(ctx, cfg, cli.NewLogger(cfg, stderr), serveHooks{started: func(c *cli.Conn) { ready <- c }})
 	}()
 	var conn *cli.Conn
 	select {
@@ -74,7 +91,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return errors.New("demo: worker did not start within 30 s")
 	}
 
-	fmt.Fprintln(stdout, "keyworker demo: embedded JetStream + Seam SIMULATOR (no real doors are touched)")
+	fmt.Fprintf(stdout, "keyworker demo: embedded JetStream + Seam SIMULATOR with two hotels, workspaces %s and %s (no real doors are touched)\n", demoGrand, demoHarbour)
 	fmt.Fprintln(stdout)
 	outcomes, err := watchOutcomes(ctx, conn.JS())
 	if err != nil {
@@ -105,8 +122,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "   -> %s\n", line)
 	}
 	fmt.Fprintln(stdout)
-	fmt.Fprintf(stdout, "Seam simulator saw %d requests; Ana's credential changed hands %d times (once in, once out) although her check-in was sent twice.\n",
-		sim.Calls(""), sim.Effects(demoCredA, demoUserA))
+	fmt.Fprintf(stdout, "Seam simulator saw %d requests for %s and %d for %s; Ana's credential changed hands %d times (once in, once out) although her check-in was sent twice.\n",
+		sim.Calls(""), demoGrand, harbour.Calls(""), demoHarbour, sim.Effects(demoCredA, demoUserA))
 	fmt.Fprintln(stdout, "Dead letters: worker dlq list   Replay: worker dlq replay --error-kind permanent")
 	cancel()
 	if err := <-served; err != nil {
@@ -118,8 +135,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// demoAwaitSync is the demo's KEYWORKER_AWAIT_SYNC.
-const demoAwaitSync = 2 * time.Second
+// demoAwaitSync is the demo's KEYWORKER_AWAIT_SYNC; demoSyncDelay is how
+// long its simulated lock systems take to have a change.
+const (
+	demoAwaitSync = 2 * time.Second
+	demoSyncDelay = 500 * time.Millisecond
+)
+
+// The demo's two hotels, each a Seam workspace.
+const (
+	demoGrand   = "ws_grand_hotel"
+	demoHarbour = "ws_harbour_inn"
+)
 
 const (
 	demoCredA = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c01"
@@ -128,17 +155,20 @@ const (
 	demoIdenB = "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c22"
 	demoCredC = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c03"
 	demoUserC = "2b7e9d14-5a3c-4f8e-b1d2-7c9a0e4f6a33"
+	demoCredD = "6f3c1a52-8d4e-4b7a-9c21-3e5f7a9b1c04"
+	demoUserD = "2b7e9d14-5a3c-4f8e-b1d2-7c9a0e4f6a44"
 )
 
 func demoSteps(now time.Time) []demoStep {
 	ev := func(subject, id string, t time.Time, g cli.Guest) []byte {
-		g.ID, g.Source = id, "pms://grand-hotel"
+		g.ID, g.Source = id, "pms://"+g.Property
 		doc, _ := g.Event(subject, t)
 		return doc
 	}
 	ana := cli.Guest{Credential: demoCredA, User: demoUserA, Reservation: "R-1001", Property: "grand-hotel"}
 	ben := cli.Guest{Credential: demoCredB, Identity: demoIdenB, Reservation: "R-1002", Property: "grand-hotel"}
 	chen := cli.Guest{Credential: demoCredC, User: demoUserC, Reservation: "R-1003", Property: "grand-hotel"}
+	dara := cli.Guest{Credential: demoCredD, User: demoUserD, Reservation: "H-2001", Property: "harbour-inn"}
 	in, out := schemas.SubjectCheckedIn, schemas.SubjectCheckedOut
 	notFound := seamtest.SeamError(404, "acs_credential_not_found")
 	bad := []byte(`{"specversion":"1.0","id":"evt-bad-1","source":"pms://grand-hotel","type":"guest.checked_in","time":"` +
@@ -147,6 +177,7 @@ func demoSteps(now time.Time) []demoStep {
 		{say: "Ana checks in to room 204 (R-1001)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana)},
 		{say: "Ben checks in by user identity (R-1002); his room's lock refuses the change", subject: in, id: "evt-ben-in", doc: ev(in, "evt-ben-in", now.Add(-2*time.Minute), ben),
 			before: func(f *seamtest.Fake) { f.SetSyncFailure("provider_rejected", "The lock did not accept the change.") }},
+		{say: "Dara checks in at the Harbour Inn, the group's other hotel: its own workspace and key (H-2001)", subject: in, id: "evt-dara-in", doc: ev(in, "evt-dara-in", now.Add(-2*time.Minute), dara)},
 		{say: "the PMS sends Ana's check-in again (a retry)", subject: in, id: "evt-ana-in", doc: ev(in, "evt-ana-in", now.Add(-3*time.Minute), ana), silent: true},
 		{say: "Ana checks out; the lock system is slow today (more than " + demoAwaitSync.String() + ")", subject: out, id: "evt-ana-out", doc: ev(out, "evt-ana-out", now.Add(-1*time.Minute), ana),
 			before: func(f *seamtest.Fake) { f.SetSyncFailure("", ""); f.SetSyncDelay(time.Hour) }},
@@ -214,7 +245,7 @@ func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
 		if dl.Error.SeamErrorType != "" {
 			line += fmt.Sprintf(" (seam %d %s)", dl.Error.HTTPStatus, dl.Error.SeamErrorType)
 		}
-		return line, true
+		return line + inWorkspace(dl.WorkspaceID), true
 	}
 	var r struct {
 		schemas.CredentialResult
@@ -229,7 +260,7 @@ func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
 		if r.SupersededBy != "" {
 			line += ", superseded by " + r.SupersededBy
 		}
-		return line, true
+		return line + inWorkspace(r.WorkspaceID), true
 	}
 	cred, _ := seamclient.ParseCredential(r.ACSCredential)
 	var view struct {
@@ -255,5 +286,12 @@ func renderOutcome(o demoOutcome, id string, seq uint64) (string, bool) {
 			line += " (" + strings.Join(append(codes, ps.Warnings...), ", ") + ")"
 		}
 	}
-	return line, true
+	return line + inWorkspace(r.WorkspaceID), true
+}
+
+func inWorkspace(id string) string {
+	if id == "" {
+		return ""
+	}
+	return "  [" + id + "]"
 }

@@ -46,6 +46,7 @@ func TestDemo_PrintsEveryOutcomeAndExitsZero(t *testing.T) {
 		"provider_sync=synced",
 		"provider_sync=failed (provider_rejected)",
 		"provider_sync=pending",
+		"[ws_harbour_inn]",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, text)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,8 +11,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -91,11 +95,20 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 		}
 		return float64(w.InFlight())
 	})
-	w, err = consumer.New(ctx, conn.JS(), seam, ccfg,
-		consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS))
+	opts := []consumer.Option{consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS)}
+	if cfg.Routing != nil {
+		ws, err := workspaces(cfg, cfg.Routing)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, consumer.WithWorkspaces(ws))
+	}
+	w, err = consumer.New(ctx, conn.JS(), seam, ccfg, opts...)
 	if err != nil {
 		return err
 	}
+	stopReload := reloadOnHangUp(ctx, cfg, w, log)
+	defer stopReload()
 
 	probe := &readiness{conn: conn, worker: w, stream: ccfg.InputStream}
 	var wg sync.WaitGroup
@@ -132,10 +145,13 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 	return err
 }
 
-// newSeam builds the Seam client; with no API key it starts the simulator
-// and says so loudly.
+// newSeam builds the Seam client; with no API key (and no routing file) it
+// starts the simulator and says so loudly.
 func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
+	if cfg.Routing != nil {
+		return nil, stop, nil // each workspace has its own client
+	}
 	if key == "" {
 		if sim == nil {
 			sim = seamtest.New(seamtest.WithAutoCreate(), seamtest.WithRequestLog(1000))
@@ -164,6 +180,61 @@ func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seam
 	return c, stop, nil
 }
 
+// workspaces builds each routed workspace's Seam client: its own key,
+// endpoint (SEAM_ENDPOINT when it names none), seam-workspace header and
+// rate ceiling (KEYWORKER_SEAM_RPS when it names none).
+func workspaces(cfg *cli.Config, specs []cli.WorkspaceSpec) ([]consumer.Workspace, error) {
+	out := make([]consumer.Workspace, 0, len(specs))
+	for _, s := range specs {
+		endpoint := cmp.Or(s.Endpoint, cfg.SeamEndpoint)
+		c, err := seamclient.New(endpoint, s.APIKey, seamclient.WithTimeout(cfg.SeamTimeout), seamclient.WithWorkspaceID(s.ID))
+		if err != nil {
+			return nil, fmt.Errorf("KEYWORKER_WORKSPACES: workspace %s: %w", s.ID, err)
+		}
+		out = append(out, consumer.Workspace{ID: s.ID, Seam: c, RateLimit: cmp.Or(s.SeamRPS, cfg.SeamRPS), Properties: s.Properties, Default: s.Default})
+	}
+	return out, nil
+}
+
+// reloadOnHangUp reads the routing file again on every SIGHUP. A file that
+// cannot be used keeps the routing in force and says why; events in flight
+// finish with the workspace they were routed to.
+func reloadOnHangUp(ctx context.Context, cfg *cli.Config, w *consumer.Worker, log zerolog.Logger) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			if cfg.Workspaces == "" {
+				log.Warn().Msg("SIGHUP: no KEYWORKER_WORKSPACES routing file to reload")
+				continue
+			}
+			err := func() error {
+				specs, err := cli.LoadWorkspaces(cfg.Workspaces, os.Getenv)
+				if err != nil {
+					return err
+				}
+				ws, err := workspaces(cfg, specs)
+				if err != nil {
+					return err
+				}
+				return w.SetWorkspaces(ws)
+			}()
+			if err != nil {
+				log.Error().Err(err).Msg("SIGHUP: routing file refused: the routing in force stays")
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); cancel(); <-done }
+}
+
 // startHTTP serves /metrics, /healthz and /readyz.
 func startHTTP(addr string, reg *prometheus.Registry, probe *readiness, log zerolog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -176,12 +247,16 @@ func startHTTP(addr string, reg *prometheus.Registry, probe *readiness, log zero
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		reasons := probe.check(r.Context())
+		reasons, unhealthy := probe.check(r.Context())
 		if len(reasons) > 0 {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": reasons})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+		body := map[string]any{"ready": true}
+		if len(unhealthy) > 0 {
+			body["unhealthy_workspaces"] = unhealthy
+		}
+		writeJSON(w, http.StatusOK, body)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -199,8 +274,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // readiness answers /readyz: NATS connected, the input stream reachable,
-// the Seam health gate closed (Seam answering and taking the key), and not
-// shutting down.
+// the Seam health gate of at least one workspace closed (Seam answering and
+// taking the key), and not shutting down.
 type readiness struct {
 	conn     *cli.Conn
 	worker   *consumer.Worker
@@ -208,8 +283,7 @@ type readiness struct {
 	stopping atomic.Bool
 }
 
-func (p *readiness) check(ctx context.Context) []string {
-	var reasons []string
+func (p *readiness) check(ctx context.Context) (reasons, unhealthy []string) {
 	if p.stopping.Load() {
 		reasons = append(reasons, "shutting down")
 	}
@@ -227,13 +301,30 @@ func (p *readiness) check(ctx context.Context) []string {
 			reasons = append(reasons, "stream "+p.stream+": "+err.Error())
 		}
 	}
-	switch health, since := p.worker.SeamHealth(); health {
-	case consumer.SeamUnauthorized:
-		reasons = append(reasons, "seam_unauthorized: Seam refuses the API key (401/403) since "+since.UTC().Format(time.RFC3339)+"; events wait, nothing is dead-lettered")
-	case consumer.SeamUnavailable:
-		reasons = append(reasons, "seam_unavailable: Seam keeps failing since "+since.UTC().Format(time.RFC3339)+"; events wait and are handled when it is back")
+	all := p.worker.Workspaces()
+	healthy := false
+	for _, x := range all {
+		var why string
+		switch x.Health {
+		case consumer.SeamHealthy:
+			healthy = true
+			continue
+		case consumer.SeamUnauthorized:
+			why = "seam_unauthorized: Seam refuses the API key (401/403) since " + x.Since.UTC().Format(time.RFC3339) + "; events wait, nothing is dead-lettered"
+		case consumer.SeamUnavailable:
+			why = "seam_unavailable: Seam keeps failing since " + x.Since.UTC().Format(time.RFC3339) + "; events wait and are handled when it is back"
+		}
+		if x.ID != "" {
+			why = strings.Replace(why, ": ", ": workspace "+x.ID+": ", 1)
+		}
+		unhealthy = append(unhealthy, why)
 	}
-	return reasons
+	if !healthy {
+		// No workspace takes events: not ready, every one says why.
+		reasons = append(reasons, unhealthy...)
+		unhealthy = nil
+	}
+	return reasons, unhealthy
 }
 
 // provision runs consumer.Provision until it succeeds, for up to a minute:

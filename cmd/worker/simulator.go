@@ -28,8 +28,13 @@ With --inspect it also answers, under the same API key:
   GET /_fake/assigned?credential=ID&user=ID     {"assigned": bool, "effects": n}
   GET /_fake/stats                              call and effect counts
 
+With --workspace ID=KEY (repeatable) it serves several workspaces, each with
+its own key and state, as a hotel group's; --pat TOKEN also accepts a
+personal access token that names the workspace in the seam-workspace header.
+
 Example:
   worker seam-simulator --addr 127.0.0.1:8080 --api-key sim-key --latency 20ms
+  worker seam-simulator --workspace ws_grand=sim-grand --workspace ws_harbour=sim-harbour
   worker seam-simulator --down mixed          # rehearse an outage
   worker seam-simulator --rate-limit 10       # an unannounced rate limit
   worker seam-simulator --sync-delay 2s       # the lock system takes 2 s to have each change
@@ -58,6 +63,9 @@ type simulatorFlags struct {
 	syncDelay    time.Duration
 	syncFail     string
 	emptySuccess bool
+	// workspaces, when any, are served each with its own key and state.
+	workspaces [][2]string // id, key
+	pat        string
 }
 
 func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error {
@@ -78,6 +86,15 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 	fs.DurationVar(&sf.syncDelay, "sync-delay", 0, "time after an assign or unassign until the provider has it (is_latest_desired_state_synced_with_provider); 0 syncs at once")
 	fs.StringVar(&sf.syncFail, "sync-fail", "", "make every sync fail with this error_code on the credential")
 	fs.BoolVar(&sf.emptySuccess, "empty-success", false, "answer assign and unassign with {} instead of the credential")
+	fs.Func("workspace", "serve workspace ID with its own key and state: ID=KEY (repeatable)", func(v string) error {
+		id, key, ok := strings.Cut(v, "=")
+		if !ok || id == "" || key == "" {
+			return errors.New("want ID=KEY")
+		}
+		sf.workspaces = append(sf.workspaces, [2]string{id, key})
+		return nil
+	})
+	fs.StringVar(&sf.pat, "pat", "", "with --workspace: also accept this personal access token, the seam-workspace header naming the workspace")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cli.HelpOr(err, fs, simulatorUsage, stdout)
@@ -89,7 +106,7 @@ func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if !set["api-key"] {
+	if !set["api-key"] && len(sf.workspaces) == 0 {
 		sf.apiKey = os.Getenv("SEAM_API_KEY")
 	}
 	if err := sf.validate(); err != nil {
@@ -122,6 +139,12 @@ func (sf *simulatorFlags) validate() error {
 	if sf.rateLimit < 0 {
 		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: --rate-limit %v must not be negative", sf.rateLimit)}
 	}
+	if len(sf.workspaces) > 0 && (sf.inspect || sf.apiKey != "") {
+		return &cli.UsageError{Msg: "seam-simulator: --workspace gives each workspace its key: not with --api-key or --inspect"}
+	}
+	if sf.pat != "" && len(sf.workspaces) == 0 {
+		return &cli.UsageError{Msg: "seam-simulator: --pat goes with --workspace"}
+	}
 	if sum := sf.faults.Transient + sf.faults.Permanent + sf.faults.AppliedThenDrop; sum > 1 {
 		return &cli.UsageError{Msg: fmt.Sprintf("seam-simulator: the fault rates add up to %v, more than 1", sum)}
 	}
@@ -143,12 +166,28 @@ func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) er
 	if sf.syncFail != "" {
 		opts = append(opts, seamtest.WithSyncFailure(sf.syncFail, "The provider refused the change (simulated)."))
 	}
-	fake := seamtest.New(opts...)
-	fake.SetDown(downModes[sf.down])
-	fake.SetRefuseKey(sf.refuseKey)
-	fake.SetRateLimit(sf.rateLimit, max(1, int(sf.rateLimit)))
+	newFake := func(opts ...seamtest.Option) *seamtest.Fake {
+		fake := seamtest.New(opts...)
+		fake.SetDown(downModes[sf.down])
+		fake.SetRefuseKey(sf.refuseKey)
+		fake.SetRateLimit(sf.rateLimit, max(1, int(sf.rateLimit)))
+		return fake
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/", fake)
+	if len(sf.workspaces) > 0 {
+		multi := seamtest.NewWorkspaces()
+		for _, w := range sf.workspaces {
+			multi.Add(w[0], w[1], newFake(opts...)) // the bad-day settings hold for each
+		}
+		if sf.pat != "" {
+			multi.AddPersonalAccessToken(sf.pat)
+		}
+		mux.Handle("/", multi)
+	}
+	fake := newFake(opts...)
+	if len(sf.workspaces) == 0 {
+		mux.Handle("/", fake)
+	}
 	if sf.inspect {
 		mux.Handle("/_fake/", requireKey(sf.apiKey, inspectHandler(fake)))
 	}

@@ -338,3 +338,36 @@ func TestSeamSimulator_RehearsesSeamsBadDays(t *testing.T) {
 		t.Errorf("%d of 5 calls at once answered 429 with Retry-After under --rate-limit 1, want at least 3", limited)
 	}
 }
+
+func TestSeamSimulator_ServesEachWorkspaceWithItsOwnKeyAndState(t *testing.T) {
+	p := startSimulatorCmd(t, "--workspace", "ws_grand=sim-grand", "--workspace", "ws_harbour=sim-harbour", "--pat", "seam_at_group")
+	client := func(key, ws string) *seamclient.Client {
+		c, err := seamclient.New(p.url, key, seamclient.WithWorkspaceID(ws))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	req := seamclient.Request{ACSCredentialID: simCred, ACSUserID: simUser}
+	if _, err := client("sim-grand", "ws_grand").Assign(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	held := func(key, ws string) string {
+		resp, err := client(key, ws).Get(t.Context(), simCred)
+		if err != nil {
+			t.Fatalf("get in %s: %v", ws, err)
+		}
+		cred, _ := seamclient.ParseCredential(resp.Credential)
+		return cred.ACSUserID
+	}
+	if got := held("sim-grand", "ws_grand"); got != simUser {
+		t.Errorf("ws_grand: held by %q, want %s", got, simUser)
+	}
+	if got := held("seam_at_group", "ws_harbour"); got != "" {
+		t.Errorf("ws_harbour shares ws_grand's state: held by %q", got)
+	}
+	var api *seamclient.APIError
+	if _, err := client("sim-grand", "ws_harbour").Get(t.Context(), simCred); !errors.As(err, &api) || api.StatusCode != 401 {
+		t.Errorf("ws_grand's key for ws_harbour: %v, want 401", err)
+	}
+}

@@ -1,6 +1,8 @@
 package dlq
 
 import (
+	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -28,6 +30,9 @@ type Filter struct {
 	SeamErrorType string
 	// SourceEventID is the CloudEvents id of the original event.
 	SourceEventID string
+	// Property is the original event's property_id, e.g. to replay the
+	// dead letters of a property the workspace routing did not know.
+	Property string
 	// Limit caps the number of dead letters selected, oldest first; 0 means no cap.
 	Limit int
 }
@@ -77,10 +82,31 @@ func (f Filter) match(e Entry) bool {
 	}
 	if e.Err != nil {
 		// Nothing inside an undecodable dead letter can match a condition on it.
-		return f.ErrorKind == "" && f.SeamErrorType == "" && f.SourceEventID == ""
+		return f.ErrorKind == "" && f.SeamErrorType == "" && f.SourceEventID == "" && f.Property == ""
 	}
 	dl := e.DeadLetter
 	return (f.ErrorKind == "" || dl.Error.Kind == f.ErrorKind) &&
 		(f.SeamErrorType == "" || dl.Error.SeamErrorType == f.SeamErrorType) &&
-		(f.SourceEventID == "" || dl.SourceEventID == f.SourceEventID)
+		(f.SourceEventID == "" || dl.SourceEventID == f.SourceEventID) &&
+		(f.Property == "" || propertyOf(dl) == f.Property)
+}
+
+// propertyOf is the property_id of the dead letter's original event (in
+// data for a structured CloudEvent, at the top for binary mode's body), or
+// "" when it has none or the original is not in the dead letter.
+func propertyOf(dl schemas.DeadLetter) string {
+	raw, err := dl.Original()
+	if err != nil {
+		return ""
+	}
+	var ev struct {
+		PropertyID string `json:"property_id"`
+		Data       struct {
+			PropertyID string `json:"property_id"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(raw, &ev) != nil {
+		return ""
+	}
+	return cmp.Or(ev.Data.PropertyID, ev.PropertyID)
 }

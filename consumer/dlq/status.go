@@ -1,7 +1,9 @@
 package dlq
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -18,6 +20,8 @@ type Status struct {
 	Consumer    ConsumerStatus   `json:"consumer"`
 	DeadLetters DeadLetterCounts `json:"dead_letters"`
 	Idempotency BucketStatus     `json:"idempotency"`
+	// Results is filled in only when asked (Queue.Results).
+	Results *ResultCounts `json:"results,omitempty"`
 }
 
 // StreamStatus is the size of one stream.
@@ -52,6 +56,16 @@ type ConsumerStatus struct {
 type DeadLetterCounts struct {
 	Total       int            `json:"total"`
 	ByErrorKind map[string]int `json:"by_error_kind"`
+	// ByWorkspace counts them by the Seam workspace the event was routed
+	// to; "none" for those never routed (invalid events, unknown
+	// properties, a worker without routing).
+	ByWorkspace map[string]int `json:"by_workspace"`
+}
+
+// ResultCounts counts the results stream's outcome events by workspace.
+type ResultCounts struct {
+	Total       int            `json:"total"`
+	ByWorkspace map[string]int `json:"by_workspace"`
 }
 
 // BucketStatus is the size of the idempotency bucket.
@@ -65,7 +79,7 @@ type BucketStatus struct {
 // counts, the dead letters by error kind and the number of idempotency
 // records. Missing resources are reported as not found, not as errors.
 func (q *Queue) Status(ctx context.Context) (*Status, error) {
-	st := &Status{DeadLetters: DeadLetterCounts{ByErrorKind: map[string]int{}}}
+	st := &Status{DeadLetters: DeadLetterCounts{ByErrorKind: map[string]int{}, ByWorkspace: map[string]int{}}}
 	for _, s := range []struct{ name, role string }{
 		{q.cfg.InputStream, "input"},
 		{q.cfg.ResultsStream, "results"},
@@ -109,6 +123,7 @@ func (q *Queue) Status(ctx context.Context) (*Status, error) {
 			kind = "undecodable"
 		}
 		st.DeadLetters.ByErrorKind[kind]++
+		st.DeadLetters.ByWorkspace[cmp.Or(e.DeadLetter.WorkspaceID, "none")]++
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrStreamNotFound) {
@@ -129,4 +144,58 @@ func (q *Queue) Status(ctx context.Context) (*Status, error) {
 		st.Idempotency.Found, st.Idempotency.Records = true, n
 	}
 	return st, nil
+}
+
+// Results counts the results stream's outcome events by the workspace_id
+// they carry ("none" without one). It reads every event: on a large stream
+// it takes a while, so status does it only when asked.
+func (q *Queue) Results(ctx context.Context) (*ResultCounts, error) {
+	rc := &ResultCounts{ByWorkspace: map[string]int{}}
+	s, err := q.stream(ctx, q.cfg.ResultsStream)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return rc, err
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{InactiveThreshold: time.Minute})
+	if err != nil {
+		return nil, fmt.Errorf("dlq: reading %s: %w", q.cfg.ResultsStream, err)
+	}
+	for {
+		batch, err := cons.FetchNoWait(scanBatch)
+		if err != nil {
+			return nil, fmt.Errorf("dlq: reading %s: %w", q.cfg.ResultsStream, err)
+		}
+		n, done := 0, false
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("dlq: reading %s: %w", q.cfg.ResultsStream, err)
+			}
+			if meta.Sequence.Stream > info.State.LastSeq {
+				done = true
+				continue
+			}
+			var ev struct {
+				Data struct {
+					WorkspaceID string `json:"workspace_id"`
+				} `json:"data"`
+			}
+			_ = json.Unmarshal(msg.Data(), &ev)
+			rc.Total++
+			rc.ByWorkspace[cmp.Or(ev.Data.WorkspaceID, "none")]++
+			if meta.NumPending == 0 {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, fmt.Errorf("dlq: reading %s: %w", q.cfg.ResultsStream, err)
+		}
+		if done || n == 0 {
+			return rc, ctx.Err()
+		}
+	}
 }

@@ -49,6 +49,10 @@ func (s *Server) Close() {
 // the base URL to give seamclient.New. stop ends calls still held by
 // faults or latency, then waits for the others within its context.
 func (f *Fake) Serve(ctx context.Context, addr string) (url string, stop func(context.Context) error, err error) {
+	return serveHandler(ctx, addr, f)
+}
+
+func serveHandler(ctx context.Context, addr string, h http.Handler) (url string, stop func(context.Context) error, err error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -56,7 +60,7 @@ func (f *Fake) Serve(ctx context.Context, addr string) (url string, stop func(co
 	}
 	base, cancel := context.WithCancel(context.Background())
 	srv := &http.Server{
-		Handler:           f,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}

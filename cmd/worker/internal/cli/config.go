@@ -38,6 +38,10 @@ type Config struct {
 	SeamEndpoint    string
 	SeamWorkspaceID string
 	SeamTimeout     time.Duration
+	// Workspaces is the routing file (KEYWORKER_WORKSPACES); Routing is
+	// what it held at start-up, API keys read.
+	Workspaces string
+	Routing    []WorkspaceSpec
 
 	Concurrency   int
 	SeamRPS       float64
@@ -103,6 +107,7 @@ func RegisterConfig(fs *flag.FlagSet, withWorker bool) *ConfigFlags {
 	str(&c.cfg.SeamAPIKey, "seam-api-key", "SEAM_API_KEY", "", "Seam API key; empty uses the built-in Seam simulator")
 	str(&c.cfg.SeamEndpoint, "seam-endpoint", "SEAM_ENDPOINT", seamclient.DefaultEndpoint, "Seam base URL")
 	str(&c.cfg.SeamWorkspaceID, "seam-workspace-id", "SEAM_WORKSPACE_ID", "", "sent as seam-workspace, for personal access tokens")
+	str(&c.cfg.Workspaces, "workspaces", "KEYWORKER_WORKSPACES", "", "routing file (YAML or JSON): property_id to Seam workspace, each with its own key; empty: one workspace from SEAM_API_KEY")
 	str(&c.cfg.HTTPAddr, "http-addr", "KEYWORKER_HTTP_ADDR", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz")
 	fs.DurationVar(&c.cfg.SeamTimeout, "seam-timeout", 10*time.Second, "per-request Seam timeout ($KEYWORKER_SEAM_TIMEOUT)")
 	fs.IntVar(&c.cfg.Concurrency, "concurrency", consumer.DefaultConcurrency, "events processed at once ($KEYWORKER_CONCURRENCY)")
@@ -154,7 +159,20 @@ func ParseFlags(fs *flag.FlagSet, c *ConfigFlags, args []string, getenv func(str
 			return &UsageError{Msg: fmt.Sprintf("%s: %v%s (value not shown)", b.env, err, want(fs.Lookup(b.flag)))}
 		}
 	}
-	return c.cfg.validate()
+	if err := c.cfg.validate(); err != nil {
+		return err
+	}
+	if c.cfg.worker && c.cfg.Workspaces != "" {
+		if c.cfg.SeamAPIKey != "" || c.cfg.SeamWorkspaceID != "" {
+			return &UsageError{Msg: "KEYWORKER_WORKSPACES: the routing file names each workspace's key: unset SEAM_API_KEY and SEAM_WORKSPACE_ID"}
+		}
+		specs, err := LoadWorkspaces(c.cfg.Workspaces, getenv)
+		if err != nil {
+			return err
+		}
+		c.cfg.Routing = specs
+	}
+	return nil
 }
 
 // want says what kind of value a flag takes, for an error that may not

@@ -58,9 +58,9 @@ func isBoolFlag(f *flag.Flag) bool {
 
 // filterFlags are the selection flags shared by list, replay and purge.
 type filterFlags struct {
-	subject, since, until, kind, seamType, id string
-	limit                                     int
-	fs                                        *flag.FlagSet
+	subject, since, until, kind, seamType, id, property string
+	limit                                               int
+	fs                                                  *flag.FlagSet
 }
 
 func (f *filterFlags) register(fs *flag.FlagSet) {
@@ -71,6 +71,7 @@ func (f *filterFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kind, "error-kind", "", "invalid_event, permanent or retries_exhausted")
 	fs.StringVar(&f.seamType, "seam-error-type", "", "error type Seam answered, e.g. acs_credential_not_found")
 	fs.StringVar(&f.id, "id", "", "CloudEvents id of the original event")
+	fs.StringVar(&f.property, "property", "", "property_id of the original event")
 	fs.IntVar(&f.limit, "limit", 0, "at most this many dead letters, oldest first (0: all)")
 }
 
@@ -79,7 +80,7 @@ func (f *filterFlags) filter(cmd string, now time.Time) (dlq.Filter, error) {
 	if err := f.refuseEmpty(cmd); err != nil {
 		return dlq.Filter{}, err
 	}
-	out := dlq.Filter{ErrorKind: f.kind, SeamErrorType: f.seamType, SourceEventID: f.id, Limit: f.limit}
+	out := dlq.Filter{ErrorKind: f.kind, SeamErrorType: f.seamType, SourceEventID: f.id, Property: f.property, Limit: f.limit}
 	switch s := strings.TrimPrefix(f.subject, schemas.DeadLetterPrefix); s {
 	case "checkin", "checked_in":
 		out.Subject = schemas.SubjectCheckedIn

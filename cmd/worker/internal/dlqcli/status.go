@@ -7,17 +7,20 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer/dlq"
 )
 
-const statusUsage = `Usage: worker status [--json]
+const statusUsage = `Usage: worker status [--by-workspace] [--json]
 
 Prints the sizes of the input, results and dead-letter streams, the durable
 consumer's pending, ack-pending and redelivered counts, the dead letters by
-error kind and the number of idempotency records.
+error kind and by Seam workspace, and the number of idempotency records.
+--by-workspace also counts the outcome events by workspace (it reads the
+whole results stream).
 
 Example:
   NATS_URL=nats://127.0.0.1:4222 worker status
@@ -31,6 +34,7 @@ func RunStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	cf := registerConfig(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	byWorkspace := fs.Bool("by-workspace", false, "count the outcome events by workspace (reads the whole results stream)")
 	rest, err := parseArgs(fs, cf, args)
 	if err != nil {
 		return cli.HelpOr(err, fs, statusUsage, stdout)
@@ -46,6 +50,11 @@ func RunStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	st, err := s.q.Status(ctx)
 	if err != nil {
 		return err
+	}
+	if *byWorkspace {
+		if st.Results, err = s.q.Results(ctx); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -94,12 +103,32 @@ func statusWrite(w io.Writer, st *dlq.Status) error {
 		fmt.Fprint(w, ")")
 	}
 	fmt.Fprintln(w)
+	if len(st.DeadLetters.ByWorkspace) > 1 || st.DeadLetters.ByWorkspace["none"] == 0 && st.DeadLetters.Total > 0 {
+		fmt.Fprintf(w, "Dead letters by workspace: %s\n", countsLine(st.DeadLetters.ByWorkspace))
+	}
+	if st.Results != nil {
+		fmt.Fprintf(w, "Outcome events: %d (%s)\n", st.Results.Total, countsLine(st.Results.ByWorkspace))
+	}
 	if st.Idempotency.Found {
 		fmt.Fprintf(w, "Idempotency records: %d in %s\n", st.Idempotency.Records, st.Idempotency.Bucket)
 	} else {
 		fmt.Fprintf(w, "Idempotency records: bucket %s not found\n", st.Idempotency.Bucket)
 	}
 	return nil
+}
+
+// countsLine renders counts by name, sorted: "ws_a 3, ws_b 1".
+func countsLine(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // statusBytes renders a byte count in binary units.
