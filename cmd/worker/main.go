@@ -14,6 +14,7 @@ import (
 	"github.com/keyworker/keyworker/cmd/worker/internal/bench"
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/cmd/worker/internal/dlqcli"
+	"github.com/keyworker/keyworker/cmd/worker/internal/simulator"
 )
 
 func main() {
@@ -64,7 +65,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "status":
 		return dlqcli.RunStatus(ctx, args, stdout, stderr)
 	case "seam-simulator":
-		return runSimulator(ctx, args, stdout, stderr)
+		return simulator.Run(ctx, args, stdout, stderr)
 	case "bench":
 		return bench.Run(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -244,19 +243,19 @@ func startHTTP(addr string, reg *prometheus.Registry, probe *readiness, log zero
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+		cli.WriteJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		reasons, unhealthy := probe.check(r.Context())
 		if len(reasons) > 0 {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": reasons})
+			cli.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": reasons})
 			return
 		}
 		body := map[string]any{"ready": true}
 		if len(unhealthy) > 0 {
 			body["unhealthy_workspaces"] = unhealthy
 		}
-		writeJSON(w, http.StatusOK, body)
+		cli.WriteJSON(w, http.StatusOK, body)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -265,12 +264,6 @@ func startHTTP(addr string, reg *prometheus.Registry, probe *readiness, log zero
 		}
 	}()
 	return srv, nil
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // readiness answers /readyz: NATS connected, the input stream reachable,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
+	"github.com/keyworker/keyworker/cmd/worker/internal/simulator"
 	"github.com/keyworker/keyworker/seamclient"
 )
 
@@ -145,7 +146,7 @@ func TestSeamSimulator_AppliesAssignAndReportsStateToInspection(t *testing.T) {
 	if code := p.inspect(t, "/_fake/credentials/00000000-0000-4000-8000-000000000000", "sim-key", nil); code != http.StatusNotFound {
 		t.Fatalf("unknown credential: status %d, want 404", code)
 	}
-	var stats simulatorStats
+	var stats simulator.Stats
 	p.inspect(t, "/_fake/stats", "sim-key", &stats)
 	if stats.Calls["assign"] != 1 || stats.Calls["total"] != 1 || stats.Effects != 1 {
 		t.Fatalf("stats = %+v, want one assign call and one effect", stats)

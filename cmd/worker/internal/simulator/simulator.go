@@ -1,4 +1,7 @@
-package main
+// Package simulator is `worker seam-simulator`: the Seam fake
+// (seamclient/seamtest) served over HTTP, for demos, container tests and
+// rehearsing Seam's bad days against a worker.
+package simulator
 
 import (
 	"context"
@@ -68,7 +71,8 @@ type simulatorFlags struct {
 	pat        string
 }
 
-func runSimulator(ctx context.Context, args []string, stdout, _ io.Writer) error {
+// Run runs the seam-simulator command until ctx ends.
+func Run(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("seam-simulator", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var sf simulatorFlags
@@ -231,7 +235,7 @@ func requireKey(key string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if key != "" && subtle.ConstantTimeCompare([]byte(token), []byte(key)) != 1 {
-			writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "unauthorized"})
+			cli.WriteJSON(w, http.StatusUnauthorized, map[string]any{"error": "unauthorized"})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -245,7 +249,7 @@ func inspectHandler(f *seamtest.Fake) http.Handler {
 	mux.HandleFunc("GET /_fake/credentials/{id}", func(w http.ResponseWriter, r *http.Request) {
 		obj, ok := f.Credential(r.PathValue("id"))
 		if !ok {
-			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no such credential"})
+			cli.WriteJSON(w, http.StatusNotFound, map[string]any{"error": "no such credential"})
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -254,13 +258,13 @@ func inspectHandler(f *seamtest.Fake) http.Handler {
 	mux.HandleFunc("GET /_fake/assigned", func(w http.ResponseWriter, r *http.Request) {
 		cred, user := r.URL.Query().Get("credential"), r.URL.Query().Get("user")
 		if cred == "" || user == "" {
-			writeJSON(w, http.StatusBadRequest, map[string]any{"error": "credential and user are required"})
+			cli.WriteJSON(w, http.StatusBadRequest, map[string]any{"error": "credential and user are required"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"assigned": f.IsAssigned(cred, user), "effects": f.Effects(cred, user)})
+		cli.WriteJSON(w, http.StatusOK, map[string]any{"assigned": f.IsAssigned(cred, user), "effects": f.Effects(cred, user)})
 	})
 	mux.HandleFunc("GET /_fake/stats", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, simulatorStats{
+		cli.WriteJSON(w, http.StatusOK, Stats{
 			Calls: map[string]int{
 				"total":    f.Calls(""),
 				"assign":   f.Calls(seamtest.PathAssign),
@@ -274,8 +278,8 @@ func inspectHandler(f *seamtest.Fake) http.Handler {
 	return mux
 }
 
-// simulatorStats is the body of GET /_fake/stats.
-type simulatorStats struct {
+// Stats is the body of GET /_fake/stats.
+type Stats struct {
 	Calls                      map[string]int `json:"calls"`
 	Effects                    int            `json:"effects"`
 	MaxConcurrentPerCredential int            `json:"max_concurrent_per_credential"`
