@@ -6,16 +6,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -32,8 +30,8 @@ var quotingMessages = []struct{ message, code string }{
 
 func TestDLQ_SeamMessageQuotingACodeReachesNoLogNorOutput(t *testing.T) {
 	e := newTestEnv(t)
-	logs := &syncBuf{}
-	startLoggingWorker(t, e, zerolog.New(logs).Level(zerolog.TraceLevel))
+	logs := &consumertest.LockedBuffer{}
+	e.startWorker(consumer.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)))
 	for _, m := range quotingMessages {
 		e.fake.FailNext(1, "assign", seamtest.Fault{Kind: seamtest.FaultStatus, Status: http.StatusBadRequest, ErrorType: "invalid_input", Message: m.message})
 	}
@@ -98,15 +96,7 @@ func TestDLQShow_MasksCodesInTheErrorMessageUnlessRevealed(t *testing.T) {
 		Attempts:   1,
 		Deliveries: 1,
 	}
-	doc, err := schemas.MarshalDeadLetterEvent("keyworker", "keyworker-test-msg", "R-9", time.Now().UTC(), dl, orig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ack, err := cli.PublishEvent(ctx, e.js, schemas.DeadLetterSubject(schemas.SubjectCheckedIn), doc, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	seq := strconv.FormatUint(ack.Sequence, 10)
+	seq := e.publishDeadLetter("keyworker-test-msg", dl, orig)
 	for _, args := range [][]string{{"dlq", "show", seq}, {"dlq", "show", "--json", seq}, {"dlq", "list"}, {"dlq", "list", "--json"}} {
 		r := e.mustCLI(args...)
 		if strings.Contains(r.stdout+r.stderr, "482913") {
@@ -121,54 +111,4 @@ func TestDLQShow_MasksCodesInTheErrorMessageUnlessRevealed(t *testing.T) {
 			t.Errorf("worker %s does not show the message verbatim:\n%s", strings.Join(args, " "), r.stdout)
 		}
 	}
-}
-
-// startLoggingWorker runs a real worker, like e.startWorker, that logs to
-// log, until the test ends.
-func startLoggingWorker(t *testing.T, e *testEnv, log zerolog.Logger) {
-	t.Helper()
-	nc, err := nats.Connect(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := seamclient.New(e.seamURL, "test-key", seamclient.WithTimeout(e.cfg.SeamTimeout))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := consumer.New(context.Background(), js, client, e.cfg, consumer.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := w.Run(ctx); err != nil {
-			t.Errorf("worker: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
-// syncBuf collects log lines written from the worker's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

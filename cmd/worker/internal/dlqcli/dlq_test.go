@@ -205,15 +205,7 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 		Attempts:               1,
 		Deliveries:             1,
 	}
-	doc, err := schemas.MarshalDeadLetterEvent("keyworker", "keyworker-test", "R-9", time.Now().UTC(), dl, orig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ack, err := cli.PublishEvent(ctx, e.js, schemas.DeadLetterSubject(schemas.SubjectCheckedIn), doc, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	seq := strconv.FormatUint(ack.Sequence, 10)
+	seq := e.publishDeadLetter("keyworker-test", dl, orig)
 
 	for _, args := range [][]string{{"dlq", "show", seq}, {"dlq", "show", "--json", seq}, {"dlq", "list", "--json"}, {"dlq", "list"}} {
 		r := e.mustCLI(args...)
@@ -234,7 +226,8 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 		t.Errorf("dlq show --reveal does not show the code:\n%s", revealed)
 	}
 
-	r := e.cli("dlq", "show", strconv.FormatUint(ack.Sequence+100, 10))
+	n, _ := strconv.ParseUint(seq, 10, 64)
+	r := e.cli("dlq", "show", strconv.FormatUint(n+100, 10))
 	if r.err == nil || !strings.Contains(r.err.Error(), "no dead letter at sequence") {
 		t.Fatalf("show of a missing sequence: %v", r.err)
 	}

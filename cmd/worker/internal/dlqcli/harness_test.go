@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -82,13 +83,29 @@ func newTestEnv(t *testing.T) *testEnv {
 
 // startWorker runs a real consumer.Worker on its own connection until
 // e.stop is called or the test ends.
-func (e *testEnv) startWorker() {
+func (e *testEnv) startWorker(opts ...consumer.Option) {
 	e.t.Helper()
 	client, err := seamclient.New(e.seamURL, "test-key", seamclient.WithTimeout(e.cfg.SeamTimeout))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.stop = consumertest.Run(e.t, consumertest.NewWorker(e.t, e.url, client, e.cfg))
+	e.stop = consumertest.Run(e.t, consumertest.NewWorker(e.t, e.url, client, e.cfg, opts...))
+}
+
+// publishDeadLetter publishes dl, a dead letter of a check-in with
+// original orig and outcome id id, as the worker would; it returns its
+// sequence as the dlq commands take it.
+func (e *testEnv) publishDeadLetter(id string, dl schemas.DeadLetter, orig []byte) string {
+	e.t.Helper()
+	doc, err := schemas.MarshalDeadLetterEvent("keyworker", id, "R-9", time.Now().UTC(), dl, orig)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ack, err := cli.PublishEvent(context.Background(), e.js, schemas.DeadLetterSubject(schemas.SubjectCheckedIn), doc, "")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return strconv.FormatUint(ack.Sequence, 10)
 }
 
 // checkIn is one published guest.checked_in event.

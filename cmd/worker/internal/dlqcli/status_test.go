@@ -1,17 +1,36 @@
 package dlqcli
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyworker/keyworker/consumer/dlq"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 )
 
 func TestStatus_JSONReportsThePendingEventsOfAStoppedWorker(t *testing.T) {
 	e := newTestEnv(t)
 	const n = 7
 	e.publishCheckIns(n, "pending") // no worker runs: all pending
+	// The consumer's pending count follows the stream a moment later.
+	natstest.WaitFor(t, 5*time.Second, func() error {
+		c, err := e.js.Consumer(context.Background(), e.cfg.InputStream, e.cfg.Durable)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.NumPending != n {
+			return fmt.Errorf("%d pending, want %d", info.NumPending, n)
+		}
+		return nil
+	})
 
 	r := e.mustCLI("status", "--json")
 	var st dlq.Status
