@@ -249,7 +249,9 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 			w.gate.report(probe, context.Canceled)
 		}
 	}()
-	resp, err := do(ctx)
+	sctx, end := w.startSeam(ctx, j, endpoint) // trace.go
+	resp, err := do(sctx)
+	end(resp, err)
 	reported = true
 	w.gate.report(probe, err)
 	w.pacer.observe(epoch, err)

@@ -212,7 +212,7 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 		res.Replays = rec.Replays
 	}
 	res.MsgID = "keyworker-replay-" + strconv.FormatUint(e.Sequence, 10) + "-" + nuid.Next()
-	seq, err := q.publish(ctx, dl.OriginalSubject, original, e.Sequence, res.MsgID)
+	seq, err := q.publish(ctx, dl.OriginalSubject, original, e, res.MsgID)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -223,9 +223,16 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 	return res, nil
 }
 
+// W3C Trace Context headers, as the worker writes them (consumer.HeaderTraceparent).
+const (
+	headerTraceparent = "traceparent"
+	headerTracestate  = "tracestate"
+)
+
 // publish puts the original bytes back on the input stream. A lost ack is
 // retried with the same Nats-Msg-Id, so the stream keeps one copy.
-func (q *Queue) publish(ctx context.Context, subject string, data []byte, dlSeq uint64, msgID string) (uint64, error) {
+func (q *Queue) publish(ctx context.Context, subject string, data []byte, e Entry, msgID string) (uint64, error) {
+	dlSeq := e.Sequence
 	var lastErr error
 	for attempt := range 3 {
 		if attempt > 0 {
@@ -240,6 +247,13 @@ func (q *Queue) publish(ctx context.Context, subject string, data []byte, dlSeq 
 		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 		msg.Header.Set("Content-Type", schemas.ContentType)
 		msg.Header.Set(schemas.HeaderReplayOf, strconv.FormatUint(dlSeq, 10))
+		if e.Traceparent != "" {
+			// The replay continues the event's trace.
+			msg.Header.Set(headerTraceparent, e.Traceparent)
+			if e.Tracestate != "" {
+				msg.Header.Set(headerTracestate, e.Tracestate)
+			}
+		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		ack, err := q.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(q.cfg.InputStream))
 		cancel()
