@@ -35,15 +35,13 @@ JetStream server; with no SEAM_API_KEY it uses the built-in Seam simulator.
 
 Example:
   NATS_URL=nats://127.0.0.1:4222 SEAM_API_KEY=seam_... worker run --concurrency 64
-
-Flags:
 `
 
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cf := cli.RegisterConfig(fs, true)
 	if err := cli.ParseFlags(fs, cf, args, os.Getenv); err != nil {
-		return cli.HelpOr(err, fs, runUsage, stdout)
+		return cli.HelpOr(err, fs, runUsage+cli.TracingUsage+"Flags:\n", stdout)
 	}
 	cfg := cf.Config()
 	log := cli.NewLogger(cfg, stderr)
@@ -68,7 +66,13 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 	}
 	defer conn.Close()
 
-	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
+	tracing, err := cli.SetupTracing(ctx, os.Getenv, log) // off unless OTEL_EXPORTER_OTLP_*ENDPOINT
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(log) // flushes: after the worker stopped
+
+	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim, tracing.SeamOptions()...)
 	if err != nil {
 		return err
 	}
@@ -91,8 +95,9 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 		}
 		return float64(w.InFlight())
 	})
-	w, err = consumer.New(ctx, conn.JS(), seam, ccfg,
-		consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS))
+	w, err = consumer.New(ctx, conn.JS(), seam, ccfg, append([]consumer.Option{
+		consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS)},
+		tracing.WorkerOptions()...)...)
 	if err != nil {
 		return err
 	}
@@ -134,7 +139,7 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 
 // newSeam builds the Seam client; with no API key it starts the simulator
 // and says so loudly.
-func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
+func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake, extra ...seamclient.Option) (*seamclient.Client, func(), error) {
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
 	if key == "" {
 		if sim == nil {
@@ -152,7 +157,7 @@ func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seam
 		}
 		log.Warn().Str("seam_endpoint", url).Msg("SEAM_API_KEY is not set: using the built-in Seam SIMULATOR. No real credential is assigned or unassigned. Set SEAM_API_KEY for production.")
 	}
-	opts := []seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout)}
+	opts := append([]seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout)}, extra...)
 	if cfg.SeamWorkspaceID != "" {
 		opts = append(opts, seamclient.WithWorkspaceID(cfg.SeamWorkspaceID))
 	}
