@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -180,11 +181,11 @@ func endProcess(span trace.Span, j *job, out Outcome) {
 	if j.replayOf != 0 {
 		span.SetAttributes(attribute.Int64("keyworker.replay_of", int64(j.replayOf)))
 	}
-	if out.Kind == DeadLettered || out.Err != nil && out.Kind != Retry {
-		span.SetStatus(codes.Error, outcome)
-	}
 	if out.Err != nil {
-		span.RecordError(out.Err)
+		span.SetAttributes(attribute.String("error.type", errorType(out.Err)))
+	}
+	if out.Kind == DeadLettered {
+		span.SetStatus(codes.Error, outcome)
 	}
 	span.End()
 }
@@ -198,7 +199,7 @@ func (w *Worker) startStep(ctx context.Context, name string) (context.Context, f
 	ctx, span := w.tracer.Start(ctx, name)
 	return ctx, func(err error) {
 		if err != nil {
-			span.RecordError(err)
+			span.SetAttributes(attribute.String("error.type", errorType(err)))
 			span.SetStatus(codes.Error, "")
 		}
 		span.End()
@@ -263,7 +264,7 @@ func (w *Worker) startPublish(ctx context.Context, msg *nats.Msg, msgID string) 
 	w.propagator.Inject(ctx, natsCarrier(msg.Header))
 	return func(seq uint64, err error) {
 		if err != nil {
-			span.RecordError(err)
+			span.SetAttributes(attribute.String("error.type", errorType(err)))
 			span.SetStatus(codes.Error, "")
 		} else {
 			span.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(seq)))
@@ -285,6 +286,10 @@ func (w *Worker) logFor(j *job) *zerolog.Logger {
 	l := w.log.With().Str("trace_id", sc.TraceID().String()).Str("span_id", sc.SpanID().String()).Logger()
 	return &l
 }
+
+// errorType names err by its Go type, never its message: messages may
+// quote what a server answered.
+func errorType(err error) string { return fmt.Sprintf("%T", err) }
 
 func ackSeq(ack *jetstream.PubAck) uint64 {
 	if ack == nil {
