@@ -1,0 +1,48 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+)
+
+func TestSetupTracing_OffUnlessAnEndpointAndRefusesBadValuesNamingTheVariable(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		env     map[string]string
+		on      bool
+		refuses string // the variable the error names
+	}{
+		{name: "nothing set", env: nil},
+		{name: "endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, on: true},
+		{name: "traces endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, on: true},
+		{name: "sdk disabled", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"}},
+		{name: "exporter none", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"}},
+		{name: "not a url", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, refuses: "OTEL_EXPORTER_OTLP_ENDPOINT"},
+		{name: "grpc", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, refuses: "OTEL_EXPORTER_OTLP_PROTOCOL"},
+		{name: "traces protocol wins", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, on: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.env {
+				t.Setenv(k, v) // the exporter reads the process environment itself
+			}
+			tr, err := SetupTracing(context.Background(), func(k string) string { return c.env[k] }, zerolog.Nop())
+			if c.refuses != "" {
+				if !errors.Is(err, ErrTracingConfig) || !strings.Contains(err.Error(), c.refuses) {
+					t.Fatalf("error %v, want one wrapping ErrTracingConfig naming %s", err, c.refuses)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Shutdown(zerolog.Nop())
+			if tr.Enabled() != c.on || (len(tr.WorkerOptions()) > 0) != c.on || (len(tr.SeamOptions()) > 0) != c.on {
+				t.Fatalf("enabled %v, %d worker and %d seam options; want on=%v", tr.Enabled(), len(tr.WorkerOptions()), len(tr.SeamOptions()), c.on)
+			}
+		})
+	}
+}
