@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -27,7 +29,7 @@ const TracingUsage = `
 Tracing (OpenTelemetry; off unless an OTLP endpoint is set):
   OTLP collector URL, e.g. http://otel-collector:4318 ($OTEL_EXPORTER_OTLP_ENDPOINT)
   traces-only URL, used as is, e.g. http://jaeger:4318/v1/traces ($OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
-  http/protobuf, the only protocol of this build ($OTEL_EXPORTER_OTLP_PROTOCOL) ($OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+  http/protobuf (default) or grpc ($OTEL_EXPORTER_OTLP_PROTOCOL) ($OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
   headers sent to the collector, key=value,... (never logged) ($OTEL_EXPORTER_OTLP_HEADERS)
   service name, default keyworker ($OTEL_SERVICE_NAME); more resource attributes ($OTEL_RESOURCE_ATTRIBUTES)
   sampler, default parentbased_always_on ($OTEL_TRACES_SAMPLER) ($OTEL_TRACES_SAMPLER_ARG)
@@ -87,7 +89,8 @@ func (t *Tracing) Shutdown(log zerolog.Logger) {
 // ErrTracingConfig is wrapped by every error SetupTracing returns.
 var ErrTracingConfig = errors.New("tracing")
 
-// SetupTracing builds the tracer provider the OTEL_ variables ask for:
+// SetupTracing builds the tracer provider the OTEL_ variables ask for
+// (OTLP over HTTP/protobuf, or gRPC):
 // none unless OTEL_EXPORTER_OTLP_ENDPOINT or _TRACES_ENDPOINT is set, or
 // when OTEL_SDK_DISABLED is true or OTEL_TRACES_EXPORTER is none. A bad
 // value is refused with one line naming the variable.
@@ -111,11 +114,19 @@ func SetupTracing(ctx context.Context, getenv func(string) string, log zerolog.L
 	if proto == "" {
 		pname, proto = "OTEL_EXPORTER_OTLP_PROTOCOL", getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	}
-	if proto != "" && proto != "http/protobuf" {
-		return nil, fmt.Errorf("%w: %s %q is not supported: use http/protobuf (port 4318 of a collector)", ErrTracingConfig, pname, proto)
-	}
 	// The exporter reads the endpoint, headers, timeout and TLS variables itself.
-	exp, err := otlptracehttp.New(ctx)
+	var (
+		exp *otlptrace.Exporter
+		err error
+	)
+	switch proto {
+	case "", "http/protobuf":
+		exp, err = otlptracehttp.New(ctx)
+	case "grpc":
+		exp, err = otlptracegrpc.New(ctx)
+	default:
+		return nil, fmt.Errorf("%w: %s %q is not supported: use http/protobuf (port 4318 of a collector) or grpc (4317)", ErrTracingConfig, pname, proto)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: OTLP exporter: %w", ErrTracingConfig, err)
 	}
@@ -132,6 +143,9 @@ func SetupTracing(ctx context.Context, getenv func(string) string, log zerolog.L
 	// The sampler comes from OTEL_TRACES_SAMPLER (default parentbased_always_on),
 	// the batching from OTEL_BSP_*.
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-	log.Info().Str("otlp_endpoint_variable", name).Msg("tracing on: exporting spans over OTLP/HTTP")
+	if proto == "" {
+		proto = "http/protobuf"
+	}
+	log.Info().Str("otlp_endpoint_variable", name).Str("otlp_protocol", proto).Msg("tracing on: exporting spans over OTLP")
 	return &Tracing{provider: tp}, nil
 }
