@@ -59,7 +59,10 @@ func (w *Worker) conclude(ctx context.Context, j *job) Outcome {
 			next.CheckIn = &ci
 		}
 	}
-	if err := w.creds.Commit(ctx, j.lease, next); err != nil {
+	cctx, end := w.startStep(ctx, "credential commit")
+	err := w.creds.Commit(cctx, j.lease, next)
+	end(err)
+	if err != nil {
 		// Uncommitted, the change would not count for ordering. The
 		// redelivery plans again (its calls are no-ops now) and commits.
 		return w.handBack(ctx, j, err, w.cfg.BusyDelay)
@@ -130,7 +133,7 @@ func (w *Worker) complete(ctx context.Context, j *job, status idempotency.Status
 	if err := w.claims.Complete(ctx, j.claim, status, subject, seq, j.attempts); err != nil {
 		w.log.Warn().Err(err).Str("event_id", j.event.ID).Msg("recording the outcome sequence")
 	}
-	w.log.Info().Str("event_id", j.event.ID).Str("event_source", j.event.Source).Str("type", j.event.Type).
+	w.logFor(j).Info().Str("event_id", j.event.ID).Str("event_source", j.event.Source).Str("type", j.event.Type).
 		Str("acs_credential_id", j.event.Data.ACSCredentialID).Str("outcome", subject).Int("attempts", j.attempts).
 		Bool("already_published", j.published).Uint64("replay_of", j.replayOf).Msg("event handled")
 	return Outcome{Kind: Done, Subject: subject}
@@ -201,7 +204,7 @@ func (w *Worker) handBack(ctx context.Context, j *job, err error, delay time.Dur
 		}
 	}
 	if ctx.Err() == nil {
-		w.log.Info().Err(err).Str("event_id", eventID(j)).Dur("delay", delay).Msg("retrying later")
+		w.logFor(j).Info().Err(err).Str("event_id", eventID(j)).Dur("delay", delay).Msg("retrying later")
 	}
 	return Outcome{Kind: Retry, Delay: delay, Err: err}
 }
@@ -303,7 +306,7 @@ func (w *Worker) deadLetter(ctx context.Context, j *job, kind string, cause erro
 		}
 	}
 	w.metrics.observeDeadLetter(kind)
-	w.log.Warn().Str("event_id", eventID(j)).Str("nats_subject", j.msg.Subject()).Str("kind", kind).
+	w.logFor(j).Warn().Str("event_id", eventID(j)).Str("nats_subject", j.msg.Subject()).Str("kind", kind).
 		Str("error", dl.Error.Message).Uint64("dead_letter_seq", seq).Msg("event dead-lettered")
 	return Outcome{Kind: DeadLettered, Subject: subject, Err: cause}
 }
@@ -400,7 +403,9 @@ func (w *Worker) publish(ctx context.Context, subject, msgID string, doc []byte)
 	defer cancel()
 	msg := &nats.Msg{Subject: subject, Data: doc, Header: nats.Header{}}
 	msg.Header.Set("Content-Type", schemas.ContentType)
+	end := w.startPublish(pctx, msg, msgID) // trace.go: injects traceparent
 	ack, err := w.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID))
+	end(ackSeq(ack), err)
 	if err != nil {
 		return 0, err
 	}

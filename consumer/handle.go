@@ -43,7 +43,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	// Each delivery owns its claims under its own name: two copies of one
 	// event in this process must not mistake each other's claim for their own.
 	owner := w.cfg.Owner + "." + strconv.FormatUint(w.deliveries.Add(1), 10)
-	j := &job{slots: s, msg: msg, owner: owner, raw: msg.Data(), replayOf: replayOf(msg)}
+	ctx, span := w.startProcess(ctx, msg) // trace.go
+	j := &job{slots: s, msg: msg, owner: owner, raw: msg.Data(), replayOf: replayOf(msg), span: span}
+	defer func() { endProcess(span, j, out) }() // after the recover below
 	defer func() {
 		if s != nil && !j.parked {
 			s.release()
@@ -52,7 +54,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 	defer func() { out.WorkspaceID, out.workspace = workspaceID(j), workspaceLabel(j) }()
 	defer func() {
 		if p := recover(); p != nil {
-			w.log.Error().Str("panic", fmt.Sprint(p)).Bytes("stack", debug.Stack()).
+			w.logFor(j).Error().Str("panic", fmt.Sprint(p)).Bytes("stack", debug.Stack()).
 				Str("nats_subject", msg.Subject()).Msg("handler panicked: dead-lettering the message")
 			out = w.deadLetter(ctx, j, schemas.ErrorKindPermanent, &PanicError{Value: fmt.Sprint(p)})
 		}
@@ -129,6 +131,7 @@ func (w *Worker) decode(j *job) error {
 // it waits in process (a duplicate usually resolves within one Seam call),
 // then hands the message back until the holder's lease ends.
 func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
+	ctx, end := w.startStep(ctx, "idempotency claim")
 	err := w.busyWait(ctx, j, func() (time.Time, error) {
 		c, err := w.claims.Claim(ctx, j.key, j.owner, w.cfg.Lease, j.replayOf != 0)
 		if err == nil {
@@ -144,6 +147,7 @@ func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
 		}
 		return time.Time{}, backoffStop(err)
 	})
+	end(err)
 	var conflict *idempotency.ConflictError
 	switch {
 	case err == nil:
@@ -164,6 +168,7 @@ func (w *Worker) leaseCredential(ctx context.Context, j *job) (Outcome, bool) {
 	// A credential seen for the first time is written without reading it:
 	// only a first delivery of a check-in is likely to find none.
 	blind := j.checkIn() && j.meta.NumDelivered == 1
+	ctx, end := w.startStep(ctx, "credential lease")
 	err := w.busyWait(ctx, j, func() (time.Time, error) {
 		l, err := w.creds.Acquire(ctx, j.req.ACSCredentialID, j.owner, j.key, w.cfg.Lease, blind)
 		if err == nil {
@@ -176,6 +181,7 @@ func (w *Worker) leaseCredential(ctx context.Context, j *job) (Outcome, bool) {
 		}
 		return time.Time{}, backoffStop(err)
 	})
+	end(err)
 	if err != nil {
 		return w.handBack(ctx, j, err, retryDelay(w, err)), false
 	}

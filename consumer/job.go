@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
@@ -24,6 +25,7 @@ type job struct {
 	meta     *jetstream.MsgMetadata
 	raw      []byte
 	replayOf uint64
+	span     trace.Span // the delivery's process span; nil when not traced
 
 	event *schemas.GuestEvent // ids in canonical (lower) case
 	key   string              // idempotency key of (source, id)

@@ -249,7 +249,9 @@ func (w *Worker) seamRequest(ctx context.Context, j *job, endpoint string, do fu
 			j.ws.gate.report(probe, context.Canceled)
 		}
 	}()
-	resp, err := do(ctx)
+	sctx, end := w.startSeam(ctx, j, endpoint) // trace.go
+	resp, err := do(sctx)
+	end(resp, err)
 	reported = true
 	j.ws.gate.report(probe, err)
 	j.ws.pacer.observe(epoch, err)

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
@@ -45,6 +47,9 @@ type Worker struct {
 	routeMu sync.Mutex  // serialises SetWorkspaces
 	health  broadcast   // any workspace's gate changed
 	pending []Workspace // from WithWorkspaces, until New builds the routing
+	// tracer is nil unless WithTracerProvider: then trace.go's spans run.
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
 
 	maxPayload int
 	// stopping ends when Run's context does: waits for the gate or the
@@ -99,7 +104,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	// Workers built from one Config still own their claims under names of
 	// their own: the delivery counter behind each name starts again per Worker.
 	cfg.Owner += "-" + nuid.Next()[:6]
-	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now, sleep: Sleep}
+	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now, sleep: Sleep, propagator: propagation.TraceContext{}}
 	for _, o := range opts {
 		if err := o(w); err != nil {
 			return nil, err

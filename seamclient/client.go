@@ -111,6 +111,15 @@ func New(baseURL, apiKey string, opts ...Option) (*Client, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
+	if o.wrap != nil {
+		wrapped := *hc
+		base := wrapped.Transport
+		if base == nil {
+			base = http.DefaultTransport
+		}
+		wrapped.Transport = o.wrap(base)
+		hc = &wrapped
+	}
 	return &Client{
 		base:        strings.TrimRight(u.String(), "/"),
 		apiKey:      apiKey,

@@ -24,6 +24,21 @@ type options struct {
 	workspaceID string
 	userAgent   string
 	timeout     time.Duration
+	wrap        func(http.RoundTripper) http.RoundTripper
+}
+
+// WithTransportWrapper wraps the transport requests go through, e.g. in an
+// instrumenting RoundTripper (otelhttp), keeping the Client's own
+// connection pool and redirect policy (or those of WithHTTPClient's
+// client, which is copied, not changed).
+func WithTransportWrapper(wrap func(http.RoundTripper) http.RoundTripper) Option {
+	return func(o *options) error {
+		if wrap == nil {
+			return fmt.Errorf("%w: transport wrapper is nil", ErrInvalidOption)
+		}
+		o.wrap = wrap
+		return nil
+	}
 }
 
 // WithHTTPClient makes the Client send its requests with hc instead of its

@@ -38,15 +38,13 @@ JetStream server; with no SEAM_API_KEY it uses the built-in Seam simulator.
 
 Example:
   NATS_URL=nats://127.0.0.1:4222 SEAM_API_KEY=seam_... worker run --concurrency 64
-
-Flags:
 `
 
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cf := cli.RegisterConfig(fs, true)
 	if err := cli.ParseFlags(fs, cf, args, os.Getenv); err != nil {
-		return cli.HelpOr(err, fs, runUsage, stdout)
+		return cli.HelpOr(err, fs, runUsage+cli.TracingUsage+"Flags:\n", stdout)
 	}
 	cfg := cf.Config()
 	log := cli.NewLogger(cfg, stderr)
@@ -71,7 +69,13 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 	}
 	defer conn.Close()
 
-	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim)
+	tracing, err := cli.SetupTracing(ctx, os.Getenv, log) // off unless OTEL_EXPORTER_OTLP_*ENDPOINT
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(log) // flushes: after the worker stopped
+
+	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim, tracing.SeamOptions()...)
 	if err != nil {
 		return err
 	}
@@ -94,9 +98,10 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 		}
 		return float64(w.InFlight())
 	})
-	opts := []consumer.Option{consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS)}
+	opts := append([]consumer.Option{consumer.WithLogger(log), consumer.WithMetrics(metrics), consumer.WithSeamRateLimit(cfg.SeamRPS)},
+		tracing.WorkerOptions()...)
 	if cfg.Routing != nil {
-		ws, err := workspaces(cfg, cfg.Routing)
+		ws, err := workspaces(cfg, cfg.Routing, tracing.SeamOptions()...)
 		if err != nil {
 			return err
 		}
@@ -106,7 +111,7 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 	if err != nil {
 		return err
 	}
-	stopReload := reloadOnHangUp(ctx, cfg, w, log)
+	stopReload := reloadOnHangUp(ctx, cfg, w, log, tracing.SeamOptions())
 	defer stopReload()
 
 	probe := &readiness{conn: conn, worker: w, stream: ccfg.InputStream}
@@ -146,7 +151,7 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 
 // newSeam builds the Seam client; with no API key (and no routing file) it
 // starts the simulator and says so loudly.
-func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake) (*seamclient.Client, func(), error) {
+func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake, extra ...seamclient.Option) (*seamclient.Client, func(), error) {
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
 	if cfg.Routing != nil {
 		return nil, stop, nil // each workspace has its own client
@@ -167,7 +172,7 @@ func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seam
 		}
 		log.Warn().Str("seam_endpoint", url).Msg("SEAM_API_KEY is not set: using the built-in Seam SIMULATOR. No real credential is assigned or unassigned. Set SEAM_API_KEY for production.")
 	}
-	opts := []seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout)}
+	opts := append([]seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout)}, extra...)
 	if cfg.SeamWorkspaceID != "" {
 		opts = append(opts, seamclient.WithWorkspaceID(cfg.SeamWorkspaceID))
 	}
@@ -182,11 +187,12 @@ func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seam
 // workspaces builds each routed workspace's Seam client: its own key,
 // endpoint (SEAM_ENDPOINT when it names none), seam-workspace header and
 // rate ceiling (KEYWORKER_SEAM_RPS when it names none).
-func workspaces(cfg *cli.Config, specs []cli.WorkspaceSpec) ([]consumer.Workspace, error) {
+func workspaces(cfg *cli.Config, specs []cli.WorkspaceSpec, extra ...seamclient.Option) ([]consumer.Workspace, error) {
 	out := make([]consumer.Workspace, 0, len(specs))
 	for _, s := range specs {
 		endpoint := cmp.Or(s.Endpoint, cfg.SeamEndpoint)
-		c, err := seamclient.New(endpoint, s.APIKey, seamclient.WithTimeout(cfg.SeamTimeout), seamclient.WithWorkspaceID(s.ID))
+		opts := append([]seamclient.Option{seamclient.WithTimeout(cfg.SeamTimeout), seamclient.WithWorkspaceID(s.ID)}, extra...)
+		c, err := seamclient.New(endpoint, s.APIKey, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("KEYWORKER_WORKSPACES: workspace %s: %w", s.ID, err)
 		}
@@ -198,7 +204,7 @@ func workspaces(cfg *cli.Config, specs []cli.WorkspaceSpec) ([]consumer.Workspac
 // reloadOnHangUp reads the routing file again on every SIGHUP. A file that
 // cannot be used keeps the routing in force and says why; events in flight
 // finish with the workspace they were routed to.
-func reloadOnHangUp(ctx context.Context, cfg *cli.Config, w *consumer.Worker, log zerolog.Logger) func() {
+func reloadOnHangUp(ctx context.Context, cfg *cli.Config, w *consumer.Worker, log zerolog.Logger, seamOpts []seamclient.Option) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -220,7 +226,7 @@ func reloadOnHangUp(ctx context.Context, cfg *cli.Config, w *consumer.Worker, lo
 				if err != nil {
 					return err
 				}
-				ws, err := workspaces(cfg, specs)
+				ws, err := workspaces(cfg, specs, seamOpts...)
 				if err != nil {
 					return err
 				}

@@ -78,6 +78,9 @@ type Entry struct {
 	Envelope   schemas.Envelope
 	DeadLetter schemas.DeadLetter
 	Err        error
+	// Traceparent and Tracestate are the dead letter's trace context
+	// headers, if any: a replay carries them, so it joins the event's trace.
+	Traceparent, Tracestate string
 }
 
 func newEntry(seq uint64, t time.Time, subject string, raw []byte) Entry {

@@ -214,7 +214,7 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 		res.Replays = rec.Replays
 	}
 	res.MsgID = "keyworker-replay-" + strconv.FormatUint(e.Sequence, 10) + "-" + nuid.Next()
-	seq, err := q.publish(ctx, dl.OriginalSubject, original, e.Sequence, res.MsgID)
+	seq, err := q.publish(ctx, dl.OriginalSubject, original, e, res.MsgID)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -225,10 +225,18 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 	return res, nil
 }
 
+// W3C Trace Context headers, as the worker writes them (consumer.HeaderTraceparent).
+const (
+	headerTraceparent = "traceparent"
+	headerTracestate  = "tracestate"
+)
+
 // publish puts the original back on the input stream: its bytes and its
-// headers (replayHeader). A lost ack is retried with the same Nats-Msg-Id,
-// so the stream keeps one copy.
-func (q *Queue) publish(ctx context.Context, subject string, orig OriginalMessage, dlSeq uint64, msgID string) (uint64, error) {
+// headers (replayHeader), with the dead letter's trace context so that the
+// replay continues the event's trace. A lost ack is retried with the same
+// Nats-Msg-Id, so the stream keeps one copy.
+func (q *Queue) publish(ctx context.Context, subject string, orig OriginalMessage, e Entry, msgID string) (uint64, error) {
+	dlSeq := e.Sequence
 	var lastErr error
 	for attempt := range 3 {
 		if attempt > 0 {
@@ -241,6 +249,13 @@ func (q *Queue) publish(ctx context.Context, subject string, orig OriginalMessag
 			}
 		}
 		msg := &nats.Msg{Subject: subject, Data: orig.Data, Header: replayHeader(orig.Header, dlSeq)}
+		if e.Traceparent != "" {
+			msg.Header.Set(headerTraceparent, e.Traceparent)
+			msg.Header.Del(headerTracestate)
+			if e.Tracestate != "" {
+				msg.Header.Set(headerTracestate, e.Tracestate)
+			}
+		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		ack, err := q.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(q.cfg.InputStream))
 		cancel()

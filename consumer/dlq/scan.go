@@ -90,6 +90,7 @@ func (q *Queue) Scan(ctx context.Context, f Filter, fn func(Entry) error) error 
 				continue
 			}
 			e := newEntry(seq, meta.Timestamp, msg.Subject(), msg.Data())
+			e.Traceparent, e.Tracestate = msg.Headers().Get(headerTraceparent), msg.Headers().Get(headerTracestate)
 			if f.match(e) {
 				if err := fn(e); err != nil {
 					return err
@@ -138,5 +139,7 @@ func (q *Queue) Get(ctx context.Context, seq uint64) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("dlq: get %d from %s: %w", seq, q.cfg.DeadLetterStream, err)
 	}
-	return newEntry(m.Sequence, m.Time, m.Subject, m.Data), nil
+	e := newEntry(m.Sequence, m.Time, m.Subject, m.Data)
+	e.Traceparent, e.Tracestate = m.Header.Get(headerTraceparent), m.Header.Get(headerTracestate)
+	return e, nil
 }
