@@ -1,14 +1,21 @@
 package consumer_test
 
 import (
+	"io"
+
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
 	"testing"
 	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	ceformat "github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/binding/spec"
+	"github.com/cloudevents/sdk-go/v2/types"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,21 +25,16 @@ import (
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
-// The CloudEvents Go SDK (github.com/cloudevents/sdk-go) is not served by
-// the module proxy this project builds with, so its NATS JetStream sender
-// (protocol/nats_jetstream/v3) is reproduced here exactly as it writes a
-// message:
+// Events are made by the CloudEvents Go SDK (github.com/cloudevents/sdk-go/v2)
+// and encoded by its binding package, the way its NATS JetStream sender
+// (protocol/nats_jetstream, a module the proxy here does not serve) puts
+// them on a message:
 //
-//   - binary mode, its default: WriteMsg's binary writer starts from an
-//     empty nats.Header and, for every attribute the event has, calls
-//     header.Set("ce-"+name, fmt.Sprint(value)), a time formatted with
-//     time.RFC3339Nano in the zone it was set in; datacontenttype goes in
-//     ce-datacontenttype (no Content-Type header); the body is the data as
-//     encoded (encoding/json for application/json);
-//   - structured mode (binding.WithForceStructured): the body is
-//     format.JSON's document (specversion, id, source, type, subject,
-//     datacontenttype, time in UTC RFC 3339 with nanoseconds, data written
-//     raw) and the message has no headers at all.
+//   - binary mode, its default: binding.Write hands each attribute to the
+//     sender's writer, which sets the header "ce-"+name to the SDK's
+//     canonical string (types.Format); the body is the data as encoded;
+//   - structured mode: the body is the SDK's JSON format (format.JSON) and
+//     the message has no headers.
 
 // sdkEvent is what a producer hands the SDK.
 type sdkEvent struct {
@@ -41,47 +43,74 @@ type sdkEvent struct {
 	data                     any
 }
 
+func (ev sdkEvent) event(t *testing.T) cloudevents.Event {
+	t.Helper()
+	e := cloudevents.NewEvent()
+	e.SetID(ev.id)
+	e.SetSource(ev.source)
+	e.SetType(ev.typ)
+	if ev.subject != "" {
+		e.SetSubject(ev.subject)
+	}
+	if !ev.time.IsZero() {
+		e.SetTime(ev.time)
+	}
+	if err := e.SetData(cloudevents.ApplicationJSON, ev.data); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// natsBinaryWriter is the NATS JetStream sender's binary-mode writer.
+type natsBinaryWriter struct{ msg *nats.Msg }
+
+func (w *natsBinaryWriter) Start(context.Context) error { return nil }
+func (w *natsBinaryWriter) End(context.Context) error   { return nil }
+
+func (w *natsBinaryWriter) SetData(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	w.msg.Data = b
+	return err
+}
+
+func (w *natsBinaryWriter) SetAttribute(a spec.Attribute, v any) error {
+	return w.SetExtension(a.Name(), v)
+}
+
+func (w *natsBinaryWriter) SetExtension(name string, v any) error {
+	if v == nil {
+		w.msg.Header.Del("ce-" + name)
+		return nil
+	}
+	s, err := types.Format(v)
+	if err != nil {
+		return err
+	}
+	w.msg.Header.Set("ce-"+name, s)
+	return nil
+}
+
 // sdkBinary is the message the SDK's sender publishes in binary mode.
 func sdkBinary(t *testing.T, ev sdkEvent) *nats.Msg {
 	t.Helper()
-	body, err := json.Marshal(ev.data)
-	if err != nil {
-		t.Fatal(err)
+	e := ev.event(t)
+	msg := &nats.Msg{Subject: ev.typ, Header: nats.Header{}}
+	enc, err := binding.Write(context.Background(), binding.ToMessage(&e), nil, &natsBinaryWriter{msg: msg})
+	if err != nil || enc != binding.EncodingBinary {
+		t.Fatalf("sdk binary write: %v, %v", enc, err)
 	}
-	h := nats.Header{}
-	h.Set("ce-specversion", "1.0")
-	h.Set("ce-id", ev.id)
-	h.Set("ce-source", ev.source)
-	h.Set("ce-type", ev.typ)
-	h.Set("ce-datacontenttype", "application/json")
-	if ev.subject != "" {
-		h.Set("ce-subject", ev.subject)
-	}
-	if !ev.time.IsZero() {
-		h.Set("ce-time", ev.time.Format(time.RFC3339Nano))
-	}
-	return &nats.Msg{Subject: ev.typ, Header: h, Data: body}
+	return msg
 }
 
 // sdkStructured is the message the SDK's sender publishes in structured mode.
 func sdkStructured(t *testing.T, ev sdkEvent) *nats.Msg {
 	t.Helper()
-	data, err := json.Marshal(ev.data)
+	e := ev.event(t)
+	body, err := ceformat.JSON.Marshal(&e)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b bytes.Buffer
-	str := func(s string) string { q, _ := json.Marshal(s); return string(q) }
-	fmt.Fprintf(&b, `{"specversion":"1.0","id":%s,"source":%s,"type":%s`, str(ev.id), str(ev.source), str(ev.typ))
-	if ev.subject != "" {
-		fmt.Fprintf(&b, `,"subject":%s`, str(ev.subject))
-	}
-	b.WriteString(`,"datacontenttype":"application/json"`)
-	if !ev.time.IsZero() {
-		fmt.Fprintf(&b, `,"time":%s`, str(ev.time.UTC().Format(time.RFC3339Nano)))
-	}
-	fmt.Fprintf(&b, `,"data":%s}`, data)
-	return &nats.Msg{Subject: ev.typ, Data: b.Bytes()}
+	return &nats.Msg{Subject: ev.typ, Data: body}
 }
 
 func (h *harness) publishMsg(m *nats.Msg) uint64 {
