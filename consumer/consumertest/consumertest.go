@@ -195,6 +195,15 @@ func WaitDrained(tb testing.TB, js jetstream.JetStream, cfg consumer.Config, wit
 		if info.NumPending > 0 || info.NumAckPending > 0 {
 			return fmt.Errorf("consumer: %d pending, %d awaiting ack", info.NumPending, info.NumAckPending)
 		}
+		// The pending count follows a publish a moment later: drained
+		// means acknowledged up to the stream's last message.
+		s, err := js.Stream(context.Background(), cfg.InputStream)
+		if err != nil {
+			return err
+		}
+		if last := s.CachedInfo().State.LastSeq; info.AckFloor.Stream < last {
+			return fmt.Errorf("consumer: acknowledged up to %d of %d", info.AckFloor.Stream, last)
+		}
 		return nil
 	})
 }
