@@ -304,3 +304,57 @@ func TestHandle_SameGarbageOnTwoSubjectsGetsTwoDeadLetters(t *testing.T) {
 		t.Fatalf("%d dead letters for three undecodable messages, want 3: %v", len(got), subjects(got))
 	}
 }
+
+// One card, three guests in a row (the third still in the room), the six
+// events in orders a PMS resend or a partition could produce: whatever the
+// order, the third guest holds the card at the end and the first two do not.
+func TestHandle_ReusedCardThreeGuestsInARowEventsOutOfOrder(t *testing.T) {
+	h := newHarness(t, fastConfig(), seamtest.WithAutoCreate(), seamtest.WithExclusiveAssign(), seamtest.WithStrictUnassign())
+	h.start(1)
+	base := time.Now().Add(-6 * time.Hour)
+	// Stays: guest k checks in at base+2k h and out at base+2k+1 h; the
+	// third does not check out. Events: 0 in1, 1 out1, 2 in2, 3 out2, 4 in3.
+	orders := [][]int{
+		{0, 1, 2, 3, 4}, // as they happened
+		{4, 3, 2, 1, 0}, // reversed
+		{4, 0, 1, 2, 3}, // the current guest's check-in first
+		{2, 0, 4, 3, 1}, // interleaved
+		{1, 3, 0, 2, 4}, // check-outs before their check-ins
+		{0, 2, 4, 1, 3}, // every check-in before every check-out
+	}
+	type room struct {
+		cred   string
+		guests [3]string
+	}
+	var rooms []room
+	for o, order := range orders {
+		var r room
+		r.cred = fmt.Sprintf("66666666-6666-4666-8666-%012d", 900+o)
+		for g := range 3 {
+			r.guests[g] = fmt.Sprintf("33333333-3333-4333-8333-%06d%06d", 900+o, g)
+		}
+		rooms = append(rooms, r)
+		for _, e := range order {
+			g, in := e/2, e%2 == 0
+			subject, at := schemas.SubjectCheckedIn, base.Add(time.Duration(2*g)*time.Hour)
+			if !in {
+				subject, at = schemas.SubjectCheckedOut, at.Add(time.Hour)
+			}
+			id := fmt.Sprintf("room%d-ev%d", o, e)
+			h.publish(subject, event(subject, id, at, schemas.GuestData{ACSCredentialID: r.cred, ACSUserID: r.guests[g], ReservationID: id}), "")
+		}
+	}
+	got := h.waitOutcomes(len(orders)*5, 30*time.Second)
+	h.waitDrained(10 * time.Second)
+	for _, o := range got {
+		if o.DL.OriginalSubject != "" {
+			t.Fatalf("%s dead-lettered: %+v", o.SourceID(), o.DL.Error)
+		}
+	}
+	for o, r := range rooms {
+		holder, _, ok := h.seam.Holder(r.cred)
+		if !ok || holder != r.guests[2] {
+			t.Errorf("order %v: the card is held by %q (held %v), want the third guest %s", orders[o], holder, ok, r.guests[2])
+		}
+	}
+}
