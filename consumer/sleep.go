@@ -29,10 +29,14 @@ type sleeperTimer struct {
 	cancel context.CancelFunc
 }
 
+// Start is called for every retry, Stop only once at the end: each wait
+// ends its own context, so none stays registered on the job's.
 func (t *sleeperTimer) Start(d time.Duration) {
+	t.Stop()
 	ctx, cancel := context.WithCancel(t.ctx)
 	t.c, t.cancel = make(chan time.Time, 1), cancel
 	go func(c chan time.Time) {
+		defer cancel()
 		if t.sleep(ctx, d) {
 			c <- time.Now()
 		}

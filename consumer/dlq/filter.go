@@ -41,7 +41,7 @@ type Filter struct {
 // negative limit and an empty time range.
 func (f Filter) Validate() error {
 	for _, v := range []struct{ name, value string }{
-		{"subject", f.Subject}, {"error kind", f.ErrorKind}, {"seam error type", f.SeamErrorType}, {"id", f.SourceEventID},
+		{"subject", f.Subject}, {"error kind", f.ErrorKind}, {"seam error type", f.SeamErrorType}, {"id", f.SourceEventID}, {"property", f.Property},
 	} {
 		// Only blanks is a variable gone wrong, never a value: refuse it
 		// rather than guess whether it meant "any".

@@ -10,7 +10,7 @@ import (
 // A blank value is a shell variable gone wrong: refused, never "any".
 func TestFilter_ValidateRefusesBlankValues(t *testing.T) {
 	for _, f := range []dlq.Filter{
-		{Subject: " "}, {ErrorKind: "\t"}, {SeamErrorType: "  "}, {SourceEventID: " "},
+		{Subject: " "}, {ErrorKind: "\t"}, {SeamErrorType: "  "}, {SourceEventID: " "}, {Property: "  "},
 	} {
 		if err := f.Validate(); !errors.Is(err, dlq.ErrInvalidFilter) {
 			t.Errorf("%+v: err %v, want ErrInvalidFilter", f, err)

@@ -22,7 +22,7 @@ func TestDLQ_EmptyFilterValueIsRefusedAndNothingIsDeleted(t *testing.T) {
 	}
 	e.waitStream(e.cfg.DeadLetterStream, 3, 10*time.Second)
 
-	filters := []string{"--id", "--subject", "--since", "--until", "--error-kind", "--seam-error-type"}
+	filters := []string{"--id", "--subject", "--since", "--until", "--error-kind", "--seam-error-type", "--property"}
 	for _, cmd := range [][]string{{"dlq", "purge", "--yes"}, {"dlq", "replay", "--yes"}, {"dlq", "list"}} {
 		for _, flag := range filters {
 			for _, value := range []string{"", "  "} {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -61,17 +62,22 @@ type filterFlags struct {
 	subject, since, until, kind, seamType, id, property string
 	limit                                               int
 	fs                                                  *flag.FlagSet
+	text                                                []string // names of the string filters, for refuseEmpty
 }
 
 func (f *filterFlags) register(fs *flag.FlagSet) {
 	f.fs = fs
-	fs.StringVar(&f.subject, "subject", "", "original subject: guest.checked_in or guest.checked_out (checkin, checkout)")
-	fs.StringVar(&f.since, "since", "", "dead-lettered at or after: RFC 3339 time, or a duration ago such as 2h or 7d")
-	fs.StringVar(&f.until, "until", "", "dead-lettered at or before: RFC 3339 time, or a duration ago such as 30m")
-	fs.StringVar(&f.kind, "error-kind", "", "invalid_event, permanent or retries_exhausted")
-	fs.StringVar(&f.seamType, "seam-error-type", "", "error type Seam answered, e.g. acs_credential_not_found")
-	fs.StringVar(&f.id, "id", "", "CloudEvents id of the original event")
-	fs.StringVar(&f.property, "property", "", "property_id of the original event")
+	text := func(p *string, name, usage string) {
+		fs.StringVar(p, name, "", usage)
+		f.text = append(f.text, name)
+	}
+	text(&f.subject, "subject", "original subject: guest.checked_in or guest.checked_out (checkin, checkout)")
+	text(&f.since, "since", "dead-lettered at or after: RFC 3339 time, or a duration ago such as 2h or 7d")
+	text(&f.until, "until", "dead-lettered at or before: RFC 3339 time, or a duration ago such as 30m")
+	text(&f.kind, "error-kind", "invalid_event, permanent or retries_exhausted")
+	text(&f.seamType, "seam-error-type", "error type Seam answered, e.g. acs_credential_not_found")
+	text(&f.id, "id", "CloudEvents id of the original event")
+	text(&f.property, "property", "property_id of the original event")
 	fs.IntVar(&f.limit, "limit", 0, "at most this many dead letters, oldest first (0: all)")
 }
 
@@ -114,11 +120,8 @@ func (f *filterFlags) refuseEmpty(cmd string) error {
 		if err != nil {
 			return
 		}
-		switch fl.Name {
-		case "subject", "since", "until", "error-kind", "seam-error-type", "id":
-			if strings.TrimSpace(fl.Value.String()) == "" {
-				err = &cli.UsageError{Msg: fmt.Sprintf("%s: --%s is empty (an unset variable?); leave the flag out to select without it", cmd, fl.Name)}
-			}
+		if slices.Contains(f.text, fl.Name) && strings.TrimSpace(fl.Value.String()) == "" {
+			err = &cli.UsageError{Msg: fmt.Sprintf("%s: --%s is empty (an unset variable?); leave the flag out to select without it", cmd, fl.Name)}
 		}
 	})
 	return err
