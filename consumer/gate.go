@@ -191,6 +191,7 @@ func (g *gate) report(probe bool, err error) {
 	if probe {
 		g.probing = false
 	}
+	was := g.state
 	switch sig {
 	case signalUp:
 		g.failures = 0
@@ -219,7 +220,11 @@ func (g *gate) report(probe bool, err error) {
 		}
 		g.nextProbe = g.now() // let another waiter probe at once
 	}
-	g.wake()
+	// Waiters look again when there is something new to see: most answers,
+	// those of a healthy Seam, change nothing and wake nobody.
+	if g.state != was || probe || g.waiting > 0 {
+		g.wake()
+	}
 }
 
 // open pauses requests for state; g.mu is held.

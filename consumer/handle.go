@@ -131,9 +131,9 @@ func (w *Worker) decode(j *job) error {
 // it waits in process (a duplicate usually resolves within one Seam call),
 // then hands the message back until the holder's lease ends.
 func (w *Worker) claimEvent(ctx context.Context, j *job) (Outcome, bool) {
-	ctx, end := w.startStep(ctx, "idempotency claim")
-	err := w.busyWait(ctx, j, func() (time.Time, error) {
-		c, err := w.claims.Claim(ctx, j.key, j.owner, w.cfg.Lease, j.replayOf != 0)
+	sctx, end := w.startStep(ctx, "idempotency claim")
+	err := w.busyWait(sctx, j, func() (time.Time, error) {
+		c, err := w.claims.Claim(sctx, j.key, j.owner, w.cfg.Lease, j.replayOf != 0)
 		if err == nil {
 			j.claim = c
 			j.attempts = c.Record.Attempts
@@ -168,9 +168,9 @@ func (w *Worker) leaseCredential(ctx context.Context, j *job) (Outcome, bool) {
 	// A credential seen for the first time is written without reading it:
 	// only a first delivery of a check-in is likely to find none.
 	blind := j.checkIn() && j.meta.NumDelivered == 1
-	ctx, end := w.startStep(ctx, "credential lease")
-	err := w.busyWait(ctx, j, func() (time.Time, error) {
-		l, err := w.creds.Acquire(ctx, j.req.ACSCredentialID, j.owner, j.key, w.cfg.Lease, blind)
+	sctx, end := w.startStep(ctx, "credential lease")
+	err := w.busyWait(sctx, j, func() (time.Time, error) {
+		l, err := w.creds.Acquire(sctx, j.req.ACSCredentialID, j.owner, j.key, w.cfg.Lease, blind)
 		if err == nil {
 			j.lease = l
 			return time.Time{}, nil

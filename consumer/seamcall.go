@@ -26,7 +26,7 @@ func (w *Worker) callSeam(ctx context.Context, j *job) error {
 		if err := w.unpark(ctx, j); err != nil {
 			return backoff.Permanent(err)
 		}
-		if err := w.keepAlive(ctx, j, false); err != nil {
+		if err := w.keepAlive(ctx, j); err != nil {
 			return backoff.Permanent(err)
 		}
 		if j.plan == nil {
@@ -269,16 +269,11 @@ func (w *Worker) waitTurn(ctx context.Context, j *job) (bool, uint64, error) {
 		if err := w.retryForSpent(j); err != nil {
 			return err
 		}
-		return w.keepAlive(ctx, j, false)
+		return w.keepAlive(ctx, j)
 	}
 	var epoch uint64
-	wctx := ctx
-	if w.stopping != nil {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithCancel(ctx)
-		defer context.AfterFunc(w.stopping, cancel)()
-		defer cancel()
-	}
+	wctx, stop := w.untilStopping(ctx)
+	defer stop()
 	probe, _, err := j.ws.gate.admit(wctx, w.heartbeat(), w.crowd(), tick)
 	if err == nil {
 		epoch, err = j.ws.pacer.wait(wctx, w.heartbeat(), tick)
@@ -329,11 +324,10 @@ func (w *Worker) retryForSpent(j *job) error {
 func (w *Worker) heartbeat() time.Duration { return min(w.cfg.Lease, w.cfg.AckWait) / 3 }
 
 // keepAlive renews the job's claim and credential lease and sends
-// InProgress, when a heartbeat has passed since the last renewal (or now,
-// with force). A lost lease or claim is a *leaseLostError: another replica
+// InProgress, when a heartbeat has passed since the last renewal. A lost lease or claim is a *leaseLostError: another replica
 // may now call Seam for the credential, so this one must stop.
-func (w *Worker) keepAlive(ctx context.Context, j *job, force bool) error {
-	if !force && w.now().Sub(j.renewed) < w.heartbeat() {
+func (w *Worker) keepAlive(ctx context.Context, j *job) error {
+	if w.now().Sub(j.renewed) < w.heartbeat() {
 		return nil
 	}
 	_ = j.msg.InProgress()
@@ -449,4 +443,15 @@ func permanent(err error) bool {
 		return false
 	}
 	return seamclient.Classify(err) == seamclient.Permanent
+}
+
+// untilStopping is ctx, ended also when Run's context ends: a wait for
+// the gate, the pacer or a sync then hands its event back at once.
+func (w *Worker) untilStopping(ctx context.Context) (context.Context, func()) {
+	if w.stopping == nil {
+		return ctx, func() {}
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	unhook := context.AfterFunc(w.stopping, cancel)
+	return wctx, func() { unhook(); cancel() }
 }

@@ -79,13 +79,8 @@ func (w *Worker) awaitSync(ctx context.Context, j *job) {
 	}
 	start := w.now()
 	deadline := start.Add(w.cfg.AwaitSync)
-	wctx := ctx
-	if w.stopping != nil {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithCancel(ctx)
-		defer context.AfterFunc(w.stopping, cancel)()
-		defer cancel()
-	}
+	wctx, stop := w.untilStopping(ctx)
+	defer stop()
 	interval, polls := syncPollFirst, 0
 	state := schemas.SyncStatePending
 	for state == schemas.SyncStatePending {
@@ -97,8 +92,8 @@ func (w *Worker) awaitSync(ctx context.Context, j *job) {
 			break
 		}
 		interval = min(time.Duration(float64(interval)*syncPollFactor), syncPollMax)
-		if h, _ := w.SeamHealth(); h != SeamHealthy {
-			break // a read would only wait for the gate: publish what is known
+		if h, _ := j.ws.gate.health(); h != SeamHealthy {
+			break // a read would only wait for the workspace's gate: publish what is known
 		}
 		polls++
 		resp, err := w.readCredential(wctx, j)
@@ -133,7 +128,7 @@ func (w *Worker) pause(ctx context.Context, j *job, d time.Duration) error {
 		if !w.sleep(ctx, min(left, w.heartbeat())) {
 			return ctx.Err()
 		}
-		if err := w.keepAlive(ctx, j, false); err != nil {
+		if err := w.keepAlive(ctx, j); err != nil {
 			return err
 		}
 	}

@@ -39,26 +39,14 @@ const (
 )
 
 // WithTracerProvider traces each delivery with tp (default: none, at no
-// cost). The trace context is read from and written to messages with the
-// W3C Trace Context propagator unless WithPropagator says otherwise.
+// cost). The trace context is read from and written to messages as W3C
+// Trace Context: the headers producerContext reads are that format's.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(w *Worker) error {
 		if tp == nil {
 			return errors.New("consumer: tracer provider is nil")
 		}
 		w.tracer = tp.Tracer(TracerName)
-		return nil
-	}
-}
-
-// WithPropagator replaces the W3C Trace Context propagator used with
-// WithTracerProvider.
-func WithPropagator(p propagation.TextMapPropagator) Option {
-	return func(w *Worker) error {
-		if p == nil {
-			return errors.New("consumer: propagator is nil")
-		}
-		w.propagator = p
 		return nil
 	}
 }
@@ -107,10 +95,10 @@ func (c mapCarrier) Keys() []string {
 func (w *Worker) producerContext(ctx context.Context, msg jetstream.Msg) context.Context {
 	h := msg.Headers()
 	if tp := natsCarrier(h).Get(HeaderTraceparent); tp != "" {
-		return w.propagator.Extract(ctx, natsCarrier(h))
+		return propagation.TraceContext{}.Extract(ctx, natsCarrier(h))
 	}
 	if tp := natsCarrier(h).Get(HeaderCETraceparent); tp != "" {
-		return w.propagator.Extract(ctx, mapCarrier{HeaderTraceparent: tp, HeaderTracestate: natsCarrier(h).Get(HeaderCETracestate)})
+		return propagation.TraceContext{}.Extract(ctx, mapCarrier{HeaderTraceparent: tp, HeaderTracestate: natsCarrier(h).Get(HeaderCETracestate)})
 	}
 	raw := msg.Data()
 	if !bytes.Contains(raw, []byte(`"traceparent"`)) {
@@ -123,7 +111,7 @@ func (w *Worker) producerContext(ctx context.Context, msg jetstream.Msg) context
 	if json.Unmarshal(raw, &ext) != nil || ext.Traceparent == "" {
 		return ctx
 	}
-	return w.propagator.Extract(ctx, mapCarrier{HeaderTraceparent: ext.Traceparent, HeaderTracestate: ext.Tracestate})
+	return propagation.TraceContext{}.Extract(ctx, mapCarrier{HeaderTraceparent: ext.Traceparent, HeaderTracestate: ext.Tracestate})
 }
 
 // startProcess starts the delivery's process span, the child of the
@@ -261,7 +249,7 @@ func (w *Worker) startPublish(ctx context.Context, msg *nats.Msg, msgID string) 
 		attribute.String("messaging.destination.name", msg.Subject),
 		attribute.String("messaging.message.id", msgID),
 	))
-	w.propagator.Inject(ctx, natsCarrier(msg.Header))
+	propagation.TraceContext{}.Inject(ctx, natsCarrier(msg.Header))
 	return func(seq uint64, err error) {
 		if err != nil {
 			span.SetAttributes(attribute.String("error.type", errorType(err)))

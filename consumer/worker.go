@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/keyworker/keyworker/idempotency"
@@ -32,7 +31,6 @@ type SeamCaller interface {
 type Worker struct {
 	cfg       Config
 	js        jetstream.JetStream
-	seam      SeamCaller
 	claims    *idempotency.Store
 	creds     *idempotency.Credentials
 	validator *schemas.Validator
@@ -48,8 +46,7 @@ type Worker struct {
 	health  broadcast   // any workspace's gate changed
 	pending []Workspace // from WithWorkspaces, until New builds the routing
 	// tracer is nil unless WithTracerProvider: then trace.go's spans run.
-	tracer     trace.Tracer
-	propagator propagation.TextMapPropagator
+	tracer trace.Tracer
 
 	maxPayload int
 	// stopping ends when Run's context does: waits for the gate or the
@@ -104,7 +101,7 @@ func New(ctx context.Context, js jetstream.JetStream, seam SeamCaller, cfg Confi
 	// Workers built from one Config still own their claims under names of
 	// their own: the delivery counter behind each name starts again per Worker.
 	cfg.Owner += "-" + nuid.Next()[:6]
-	w := &Worker{cfg: cfg, js: js, seam: seam, log: zerolog.Nop(), now: time.Now, sleep: Sleep, propagator: propagation.TraceContext{}}
+	w := &Worker{cfg: cfg, js: js, log: zerolog.Nop(), now: time.Now, sleep: Sleep}
 	for _, o := range opts {
 		if err := o(w); err != nil {
 			return nil, err

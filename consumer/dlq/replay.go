@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
+	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/idempotency"
 	"github.com/keyworker/keyworker/schemas"
 )
@@ -225,12 +226,6 @@ func (q *Queue) replayOne(ctx context.Context, store *idempotency.Store, limiter
 	return res, nil
 }
 
-// W3C Trace Context headers, as the worker writes them (consumer.HeaderTraceparent).
-const (
-	headerTraceparent = "traceparent"
-	headerTracestate  = "tracestate"
-)
-
 // publish puts the original back on the input stream: its bytes and its
 // headers (replayHeader), with the dead letter's trace context so that the
 // replay continues the event's trace. A lost ack is retried with the same
@@ -250,10 +245,10 @@ func (q *Queue) publish(ctx context.Context, subject string, orig OriginalMessag
 		}
 		msg := &nats.Msg{Subject: subject, Data: orig.Data, Header: replayHeader(orig.Header, dlSeq)}
 		if e.Traceparent != "" {
-			msg.Header.Set(headerTraceparent, e.Traceparent)
-			msg.Header.Del(headerTracestate)
+			msg.Header.Set(consumer.HeaderTraceparent, e.Traceparent)
+			msg.Header.Del(consumer.HeaderTracestate)
 			if e.Tracestate != "" {
-				msg.Header.Set(headerTracestate, e.Tracestate)
+				msg.Header.Set(consumer.HeaderTracestate, e.Tracestate)
 			}
 		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)

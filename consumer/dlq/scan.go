@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -90,7 +91,7 @@ func (q *Queue) Scan(ctx context.Context, f Filter, fn func(Entry) error) error 
 				continue
 			}
 			e := newEntry(seq, meta.Timestamp, msg.Subject(), msg.Data())
-			e.Traceparent, e.Tracestate = msg.Headers().Get(headerTraceparent), msg.Headers().Get(headerTracestate)
+			e.Traceparent, e.Tracestate = msg.Headers().Get(consumer.HeaderTraceparent), msg.Headers().Get(consumer.HeaderTracestate)
 			if f.match(e) {
 				if err := fn(e); err != nil {
 					return err
@@ -140,6 +141,6 @@ func (q *Queue) Get(ctx context.Context, seq uint64) (Entry, error) {
 		return Entry{}, fmt.Errorf("dlq: get %d from %s: %w", seq, q.cfg.DeadLetterStream, err)
 	}
 	e := newEntry(m.Sequence, m.Time, m.Subject, m.Data)
-	e.Traceparent, e.Tracestate = m.Header.Get(headerTraceparent), m.Header.Get(headerTracestate)
+	e.Traceparent, e.Tracestate = m.Header.Get(consumer.HeaderTraceparent), m.Header.Get(consumer.HeaderTracestate)
 	return e, nil
 }
