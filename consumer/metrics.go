@@ -204,6 +204,16 @@ func (m *Metrics) observeGate(workspace string, s SeamHealth) {
 	}
 }
 
+// forgetWorkspace removes the gauges of a workspace no longer routed to;
+// its counters stay, as history.
+func (m *Metrics) forgetWorkspace(workspace string) {
+	if m == nil {
+		return
+	}
+	m.gate.DeletePartialMatch(prometheus.Labels{"workspace": workspace})
+	m.seamRate.DeletePartialMatch(prometheus.Labels{"workspace": workspace})
+}
+
 func (m *Metrics) observeSlowdown(workspace string, limit float64) {
 	if m == nil {
 		return

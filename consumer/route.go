@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -82,8 +83,13 @@ func (w *Worker) SetWorkspaces(ws []Workspace) error {
 	if err != nil {
 		return err
 	}
-	w.routes.Store(rt)
+	old := w.routes.Swap(rt)
 	w.health.notify() // Run may be holding for workspaces that are gone
+	for _, x := range old.all {
+		if !slices.ContainsFunc(rt.all, func(y *workspace) bool { return y.label == x.label }) {
+			w.metrics.forgetWorkspace(x.label) // its gate's state would stay on the dashboard and in alerts
+		}
+	}
 	w.logRouting(rt)
 	return nil
 }
@@ -126,20 +132,6 @@ func (w *Worker) buildRouting(ws []Workspace, old *routing) (*routing, error) {
 		if x.label == "" {
 			x.label = "default"
 		}
-		if p := prev[spec.ID]; p != nil {
-			x.gate = p.gate
-			if p.rps == spec.RateLimit {
-				x.pacer = p.pacer
-			}
-		}
-		if x.gate == nil {
-			log := w.log.With().Str("workspace", x.label).Logger()
-			x.gate = newGate(w.now, log, w.metrics, x.label, w.cfg.GateProbeFirst, w.cfg.GateProbeMax)
-			x.gate.onChange = w.health.notify
-		}
-		if x.pacer == nil {
-			x.pacer = newPacer(w.now, w.sleep, spec.RateLimit, w.metrics, x.label)
-		}
 		for _, p := range spec.Properties {
 			if other := rt.byProperty[p]; other != nil {
 				return nil, fmt.Errorf("%w: property %q is routed to both %s and %s", ErrInvalidRouting, p, other.label, x.label)
@@ -150,6 +142,24 @@ func (w *Worker) buildRouting(ws []Workspace, old *routing) (*routing, error) {
 			rt.def = x
 		}
 		rt.all = append(rt.all, x)
+	}
+	// Only a routing that will be used gets gates and pacers: new ones
+	// publish their metrics at once.
+	for _, x := range rt.all {
+		if p := prev[x.id]; p != nil {
+			x.gate = p.gate
+			if p.rps == x.rps {
+				x.pacer = p.pacer
+			}
+		}
+		if x.gate == nil {
+			log := w.log.With().Str("workspace", x.label).Logger()
+			x.gate = newGate(w.now, log, w.metrics, x.label, w.cfg.GateProbeFirst, w.cfg.GateProbeMax)
+			x.gate.onChange = w.health.notify
+		}
+		if x.pacer == nil {
+			x.pacer = newPacer(w.now, w.sleep, x.rps, w.metrics, x.label)
+		}
 	}
 	return rt, nil
 }

@@ -171,7 +171,9 @@ func TestWorkspaces_ReloadRoutesANewPropertyAndKeepsTheOldOnABadRouting(t *testi
 	h := newHarness(t, fastConfig())
 	a := newHotel(t, "ws_grand", "grand-hotel")
 	b := newHotel(t, "ws_harbour", "harbour-inn")
-	w := h.newWorker(consumer.WithWorkspaces([]consumer.Workspace{a.workspace(t, h.cfg.SeamTimeout)}))
+	reg := prometheus.NewRegistry()
+	w := h.newWorker(consumer.WithWorkspaces([]consumer.Workspace{a.workspace(t, h.cfg.SeamTimeout)}),
+		consumer.WithMetrics(consumer.NewMetrics(reg, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -181,6 +183,9 @@ func TestWorkspaces_ReloadRoutesANewPropertyAndKeepsTheOldOnABadRouting(t *testi
 	dup.ID = "ws_other"
 	if err := w.SetWorkspaces([]consumer.Workspace{a.workspace(t, h.cfg.SeamTimeout), dup}); !errors.Is(err, consumer.ErrInvalidRouting) {
 		t.Fatalf("a property routed twice: %v, want ErrInvalidRouting", err)
+	}
+	if hasWorkspaceSeries(t, reg, "keyworker_seam_gate", "ws_other") {
+		t.Error("a refused routing left gate series of its workspace")
 	}
 	if err := w.SetWorkspaces([]consumer.Workspace{a.workspace(t, h.cfg.SeamTimeout), b.workspace(t, h.cfg.SeamTimeout)}); err != nil {
 		t.Fatal(err)
@@ -193,6 +198,31 @@ func TestWorkspaces_ReloadRoutesANewPropertyAndKeepsTheOldOnABadRouting(t *testi
 	if got := len(w.Workspaces()); got != 2 {
 		t.Errorf("%d workspaces after the reload, want 2", got)
 	}
+	if err := w.SetWorkspaces([]consumer.Workspace{b.workspace(t, h.cfg.SeamTimeout)}); err != nil {
+		t.Fatal(err)
+	}
+	if hasWorkspaceSeries(t, reg, "keyworker_seam_gate", a.id) || !hasWorkspaceSeries(t, reg, "keyworker_seam_gate", b.id) {
+		t.Error("after a reload without it, a workspace's gate series stay (or the kept one's went)")
+	}
+}
+
+// hasWorkspaceSeries reports whether reg holds a series of metric for workspace.
+func hasWorkspaceSeries(t *testing.T, reg *prometheus.Registry, metric, workspace string) bool {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if f.GetName() == metric && l.GetName() == "workspace" && l.GetValue() == workspace {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // TestWorkspaces_OneWorkspaceDownNeverHoldsTheOther: while one workspace is
