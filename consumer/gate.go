@@ -84,6 +84,17 @@ func (g *gate) health() (SeamHealth, time.Time) {
 	return g.state, g.since
 }
 
+// crowded is the *crowdedError admit would give a new caller now (nil if
+// it would let it wait, or probe).
+func (g *gate) crowded(crowd int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if crowd == 0 || g.state == SeamHealthy || g.waiting < crowd || !g.probing && !g.now().Before(g.nextProbe) {
+		return nil
+	}
+	return &crowdedError{workspace: g.label, health: g.state}
+}
+
 // admit waits until a request may go to Seam: the gate is healthy, or it is
 // this caller's turn to probe. tick runs before each wait of at most
 // interval (to keep leases and the ack wait alive); its error ends the wait.

@@ -19,11 +19,14 @@ import (
 // Handle runs the pipeline for one delivery and says how to settle it. It
 // never acks. Steps, top to bottom:
 //
-//  1. decode and validate (invalid: dead letter);
+//  1. decode and validate (invalid: dead letter); with several workspaces,
+//     an event of a workspace whose open gate is crowded is handed back
+//     before it claims anything;
 //  2. claim the idempotency key (already done: duplicate; claimed by a live
 //     replica: retry later). Taking over from an owner that died, look
 //     whether it had published the outcome already (then done);
-//  3. lease the credential. An event whose deliveries ended MaxDeliver
+//  3. route it to its property's workspace (none: dead letter), lease the
+//     credential. An event whose deliveries ended MaxDeliver
 //     times without a decision (each crashed, hung or was killed the
 //     worker) is a poison message: dead letter, still counted for
 //     ordering. Otherwise plan by the ordering rule what the event does;
@@ -67,6 +70,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, s slots) (out Ou
 
 	if err := w.decode(j); err != nil {
 		return w.deadLetter(ctx, j, schemas.ErrorKindInvalidEvent, err)
+	}
+	if err := w.crowded(j); err != nil {
+		return Outcome{Kind: Retry, Delay: w.cfg.GateProbeMax, Err: err}
 	}
 	if out, ok := w.claimEvent(ctx, j); !ok {
 		return out

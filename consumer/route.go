@@ -179,6 +179,17 @@ func (w *Worker) route(j *job) error {
 	return nil
 }
 
+// crowded turns an event away before it claims anything when enough
+// events of its workspace already wait in its open gate (see crowd): it
+// would get a *crowdedError at its first Seam request anyway, after a
+// claim and a lease taken and given back for nothing.
+func (w *Worker) crowded(j *job) error {
+	if w.route(j) != nil {
+		return nil // unknown property: dead-lettered after its claim
+	}
+	return j.ws.gate.crowded(w.crowd())
+}
+
 // WorkspaceHealth is one workspace's Seam health gate.
 type WorkspaceHealth struct {
 	ID     string // empty for the single workspace of a worker without routing
