@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // DataContentType is the datacontenttype keyworker writes: data is JSON.
@@ -135,7 +136,7 @@ func BinaryDocument(subject string, header map[string][]string, body []byte) ([]
 		switch {
 		case !attributeName(name):
 			return nil, invalid(subject, binaryReason(fmt.Sprintf("header %q is not a CloudEvents attribute (a-z, 0-9)", clip(k, 40))), nil)
-		case name == "data" || name == "data_base64":
+		case name == "data": // data_base64 fails attributeName
 			return nil, invalid(subject, binaryReason("header "+clip(k, 40)+": data is the body in binary mode"), nil)
 		case len(vals) != 1:
 			return nil, invalid(subject, binaryReason(fmt.Sprintf("header %s has %d values, want one", clip(k, 40), len(vals))), nil)
@@ -158,7 +159,13 @@ func BinaryDocument(subject string, header map[string][]string, body []byte) ([]
 	if len(body) > MaxDocumentSize {
 		return nil, invalid(subject, binaryReason(fmt.Sprintf("body is %d bytes, more than the %d allowed", len(body), MaxDocumentSize)), nil)
 	}
-	if _, reason, err := parseJSON(body); reason != "" {
+	// The assembled document is parsed by validate; parseJSON is only
+	// called here to word why the body is refused.
+	if !json.Valid(body) || !utf8.Valid(body) {
+		_, reason, err := parseJSON(body)
+		if reason == "" {
+			reason = "invalid JSON"
+		}
 		return nil, invalid(subject, binaryReason("body (data): "+reason), err)
 	}
 	doc := make([]byte, 0, len(head)+len(`,"data":`)+len(body))

@@ -238,7 +238,7 @@ func (c *Client) do(ctx context.Context, path string, in any) (*Response, error)
 			body = body[:maxBodySize]
 		}
 		// Before parsing, so a key cut in half by the snippet limit is gone too.
-		body = bytes.ReplaceAll(body, []byte(c.apiKey), []byte(redacted))
+		body = bytes.ReplaceAll(body, []byte(c.apiKey), []byte(Redacted))
 	}
 	// A non-2xx with a cut body is still an answer: its status says what happened.
 	resp, err := parseResponse(status, hr.Header, body, time.Now())
@@ -253,10 +253,8 @@ func (c *Client) do(ctx context.Context, path string, in any) (*Response, error)
 	return resp, nil
 }
 
-const redacted = "[redacted]"
-
 // redact removes the API key from text a server sent back, in case a proxy
 // or error page echoes the Authorization header.
 func (c *Client) redact(s string) string {
-	return strings.ReplaceAll(s, c.apiKey, redacted)
+	return strings.ReplaceAll(s, c.apiKey, Redacted)
 }

@@ -171,7 +171,7 @@ func TestAPIError_HTMLGatewayPageIsTransientWithBodySnippet(t *testing.T) {
 	if ae.StatusCode != 502 || ae.Type != "" || !strings.Contains(ae.Body, "502 Bad Gateway") || len(ae.Body) > 256 {
 		t.Errorf("APIError %+v", ae)
 	}
-	if !ae.Transient() || seamclient.Classify(err) != seamclient.Transient {
+	if seamclient.Classify(err) != seamclient.Transient {
 		t.Errorf("class %v, want transient", seamclient.Classify(err))
 	}
 	if !strings.HasPrefix(err.Error(), "seamclient: 502 bad gateway") || strings.Contains(err.Error(), "<html>") {
@@ -238,7 +238,7 @@ func TestAPIError_BadInputWrongKeyAndUnknownIDsArePermanent(t *testing.T) {
 			if ae.StatusCode != tc.status || ae.Type != tc.wantType {
 				t.Errorf("got %d %s, want %d %s", ae.StatusCode, ae.Type, tc.status, tc.wantType)
 			}
-			if ae.Transient() || seamclient.Classify(err) != seamclient.Permanent {
+			if seamclient.Classify(err) != seamclient.Permanent {
 				t.Errorf("class %v, want permanent", seamclient.Classify(err))
 			}
 		})

@@ -20,21 +20,32 @@ type Credential struct {
 // object. An empty or null payload gives ErrNoCredential. Error messages
 // never quote the payload, which may hold a code.
 func ParseCredential(raw json.RawMessage) (Credential, error) {
+	obj, err := credentialObject(raw)
+	if err != nil {
+		return Credential{}, err
+	}
 	var c Credential
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) == 0 || isNull(trimmed) {
-		return c, ErrNoCredential
-	}
-	if trimmed[0] != '{' {
-		return c, errors.New("seamclient: acs_credential is not a json object")
-	}
-	if err := json.Unmarshal(trimmed, &c); err != nil {
+	if err := json.Unmarshal(obj, &c); err != nil {
 		return Credential{}, fmt.Errorf("seamclient: decode acs_credential: %w", describeJSONError(err))
 	}
 	if c.ACSCredentialID == "" {
 		return Credential{}, errors.New("seamclient: acs_credential has no acs_credential_id")
 	}
 	return c, nil
+}
+
+// credentialObject is raw without surrounding space, when it is a JSON
+// object: an empty or null payload gives ErrNoCredential, any other value
+// errCredentialShape.
+func credentialObject(raw json.RawMessage) ([]byte, error) {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || isNull(trimmed) {
+		return nil, ErrNoCredential
+	}
+	if trimmed[0] != '{' {
+		return nil, fmt.Errorf("seamclient: %w", errCredentialShape)
+	}
+	return trimmed, nil
 }
 
 // AssignedTo reports whether the credential is held by the user r names:
@@ -55,8 +66,6 @@ type Sync struct {
 	// Synced is is_latest_desired_state_synced_with_provider; nil when it
 	// is null or absent (Seam does not know).
 	Synced *bool
-	// SyncedAt is latest_desired_state_synced_with_provider_at as sent.
-	SyncedAt string
 	// Warnings are the warning_code of each warning, in order; codes newer
 	// than this code are kept as they are.
 	Warnings []string
@@ -73,45 +82,40 @@ type CredentialError struct {
 // ParseSync reads the sync fields of an acs_credential object. Each field
 // is read on its own, so one of an unexpected shape (a field newer than
 // this code) leaves the others; a missing field is zero. Only an empty
-// payload or one that is not an object is an error (ErrNoCredential, or one
-// that never quotes the payload).
+// payload or one that is not a JSON object is an error (ErrNoCredential, or
+// one that never quotes the payload). Codes and messages are cleaned for
+// log lines as APIError's are: codes in messages redacted, control
+// characters and invalid UTF-8 dropped, lengths bounded.
 func ParseSync(raw json.RawMessage) (Sync, error) {
 	var s Sync
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) == 0 || isNull(trimmed) {
-		return s, ErrNoCredential
+	obj, err := credentialObject(raw)
+	if err != nil {
+		return s, err
 	}
 	var fields struct {
 		Synced   json.RawMessage   `json:"is_latest_desired_state_synced_with_provider"`
-		SyncedAt json.RawMessage   `json:"latest_desired_state_synced_with_provider_at"`
 		Warnings []json.RawMessage `json:"warnings"`
 		Errors   []json.RawMessage `json:"errors"`
 	}
-	if trimmed[0] != '{' {
-		return s, errors.New("seamclient: acs_credential is not a json object")
-	}
-	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		// warnings or errors not arrays: read what else there is.
-		var partial struct {
-			Synced   json.RawMessage `json:"is_latest_desired_state_synced_with_provider"`
-			SyncedAt json.RawMessage `json:"latest_desired_state_synced_with_provider_at"`
-		}
-		if err := json.Unmarshal(trimmed, &partial); err != nil {
+	// A field of another type (warnings that are not an array) is left
+	// empty and the others are still filled: encoding/json goes on after
+	// an *json.UnmarshalTypeError.
+	if err := json.Unmarshal(obj, &fields); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
 			return s, fmt.Errorf("seamclient: decode acs_credential: %w", describeJSONError(err))
 		}
-		fields.Synced, fields.SyncedAt = partial.Synced, partial.SyncedAt
 	}
 	var synced bool
 	if json.Unmarshal(fields.Synced, &synced) == nil && !isNull(fields.Synced) {
 		s.Synced = &synced
 	}
-	s.SyncedAt = jsonString(fields.SyncedAt)
 	for _, w := range fields.Warnings {
 		var v struct {
 			Code json.RawMessage `json:"warning_code"`
 		}
 		if json.Unmarshal(w, &v) == nil {
-			if code := jsonString(v.Code); code != "" {
+			if code := snippet([]byte(jsonString(v.Code)), maxTypeLen); code != "" {
 				s.Warnings = append(s.Warnings, code)
 			}
 		}
@@ -125,7 +129,11 @@ func ParseSync(raw json.RawMessage) (Sync, error) {
 		if json.Unmarshal(e, &v) != nil {
 			continue
 		}
-		ce := CredentialError{ErrorCode: jsonString(v.Code), Message: redactCodes(jsonString(v.Message)), CreatedAt: jsonString(v.CreatedAt)}
+		ce := CredentialError{
+			ErrorCode: snippet([]byte(jsonString(v.Code)), maxTypeLen),
+			Message:   snippet([]byte(RedactCodes(jsonString(v.Message))), maxMessageLen),
+			CreatedAt: snippet([]byte(jsonString(v.CreatedAt)), maxTypeLen),
+		}
 		if ce.ErrorCode == "" {
 			ce.ErrorCode = "unknown"
 		}

@@ -64,10 +64,6 @@ func (e *APIError) Error() string {
 	return b.String()
 }
 
-// Transient reports whether the same request may be sent again later:
-// Class is Transient or OutcomeUnknown (see Classify).
-func (e *APIError) Transient() bool { return e.class() != Permanent }
-
 // class sorts an answer by its Seam error type (typeClass), falling back on
 // the HTTP status: a type the table does not know is Permanent unless the
 // status is 408, 429 or 5xx (an overloaded or failing Seam may invent
@@ -75,7 +71,7 @@ func (e *APIError) Transient() bool { return e.class() != Permanent }
 // all (a gateway page, an empty body) goes by the status alone, 409
 // included, since no Seam verdict came with it.
 func (e *APIError) class() Class {
-	if c, ok := typeClass[e.Type]; ok && e.Type != "" {
+	if c, ok := typeClass[e.Type]; ok {
 		return c
 	}
 	switch {
@@ -127,13 +123,6 @@ var typeClass = map[string]Class{
 	// it may be applied.
 	"gateway_timeout":  OutcomeUnknown,
 	"provider_timeout": OutcomeUnknown,
-}
-
-// ClassOfType returns the class the table gives a Seam error type, and
-// whether the type is in it.
-func ClassOfType(typ string) (Class, bool) {
-	c, ok := typeClass[typ]
-	return c, ok && typ != ""
 }
 
 // TransportError is a request that got no complete answer: dial failure,
@@ -214,16 +203,16 @@ func (c Class) String() string {
 	return "Class(" + strconv.Itoa(int(c)) + ")"
 }
 
-// Classify sorts err with errors.As, so wrapped errors keep their class:
-// *APIError by its error type, then its status (below); *TransportError is
-// OutcomeUnknown when the request was sent, else Transient; *ResponseError
-// is OutcomeUnknown; context.Canceled and context.DeadlineExceeded outside
-// a TransportError are Transient; anything else is Permanent.
+// Classify sorts err with errors.As, so wrapped errors keep their class.
 // An *APIError goes by its Seam error type first (typeClass), then by its
 // status: 408, 429 and 5xx are Transient, and so is a 409 without a type;
 // every other status is Permanent, and so is a type the table does not
-// know, unless its status is transient.
-// Classify(nil) returns 0, which is none of the classes.
+// know, unless its status is transient. A *TransportError is
+// OutcomeUnknown when the request was sent, else Transient; a
+// *ResponseError is OutcomeUnknown; context.Canceled and
+// context.DeadlineExceeded outside a TransportError are Transient;
+// anything else is Permanent. Classify(nil) returns 0, which is none of
+// the classes.
 func Classify(err error) Class {
 	if err == nil {
 		return 0

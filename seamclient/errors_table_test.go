@@ -46,8 +46,8 @@ func TestClassify_ErrorTypeTable(t *testing.T) {
 			if got := Classify(err); got != r.want {
 				t.Errorf("Classify(%d %s) = %v, want %v", r.status, r.typ, got, r.want)
 			}
-			if c, ok := ClassOfType(r.typ); !ok || c != r.want {
-				t.Errorf("ClassOfType(%s) = %v, %v", r.typ, c, ok)
+			if c, ok := typeClass[r.typ]; !ok || c != r.want {
+				t.Errorf("typeClass[%s] = %v, %v", r.typ, c, ok)
 			}
 			// The type decides, whatever the status: a permanent type on a
 			// 409 or a 503 is still permanent, and the reverse.
@@ -92,11 +92,8 @@ func TestClassify_ErrorTypeTable(t *testing.T) {
 			if got := Classify(e); got != tc.want {
 				t.Errorf("Classify(%d %q) = %v, want %v", tc.status, tc.typ, got, tc.want)
 			}
-			if got := e.Transient(); got != (tc.want != Permanent) {
-				t.Errorf("Transient() = %v for class %v", got, tc.want)
-			}
-			if _, ok := ClassOfType(tc.typ); ok {
-				t.Errorf("ClassOfType(%q) found a row", tc.typ)
+			if _, ok := typeClass[tc.typ]; ok {
+				t.Errorf("typeClass[%q] found a row", tc.typ)
 			}
 		})
 	}

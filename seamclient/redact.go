@@ -125,12 +125,18 @@ const (
 // codeValue finds the value starting at i: a quoted string with a digit
 // in it, or a token of letters and digits with a digit in it (digit
 // groups separated by single spaces or dashes count as one: card
-// numbers). It returns the bytes to redact and where the value ends.
+// numbers). A uuid, bare or quoted, is not one. It returns the bytes to
+// redact and where the value ends.
 func codeValue(s string, i int) (a, b, end int, ok bool) {
 	if i < len(s) && s[i] == '\\' { // an escaped quote in JSON-in-text
 		i++
 	}
 	if i >= len(s) {
+		return 0, 0, 0, false
+	}
+	// A uuid names an object, not a code; the token scan below would stop
+	// at its first dash not between digits and take the piece before it.
+	if i+36 <= len(s) && isUUID(s[i:i+36]) {
 		return 0, 0, 0, false
 	}
 	if r, size := utf8.DecodeRuneInString(s[i:]); strings.ContainsRune(openQuotes, r) {
@@ -143,7 +149,7 @@ func codeValue(s string, i int) (a, b, end int, ok bool) {
 			}
 			j += n
 		}
-		if j >= len(s) || j-start > 64 || !hasDigit(s[start:j]) {
+		if j >= len(s) || j-start > 64 || !hasDigit(s[start:j]) || isUUID(s[start:j]) {
 			return 0, 0, 0, false
 		}
 		end := j + 1

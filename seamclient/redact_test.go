@@ -74,6 +74,10 @@ func TestRedactCodes_KeepsWhatAnOperatorNeeds(t *testing.T) {
 		"workspace ws_1234 is suspended",
 		`code "acs_credential_not_found"`,
 		"pin_code_type must be one of numeric, alphanumeric",
+		"The access code 9b1c2d3e-1234-4abc-8def-0123456789ab was not found",
+		"access code 12345678-1234-4abc-8def-0123456789ab was not found",
+		"access code '12345678-1234-4abc-8def-0123456789ab' was not found",
+		"codes 9b1c2d3e-1234-4abc-8def-0123456789ab and 12345678-1234-4abc-8def-0123456789ab conflict",
 	} {
 		if got := seamclient.RedactCodes(in); got != in {
 			t.Errorf("RedactCodes(%q) = %q, want it unchanged", in, got)

@@ -77,9 +77,6 @@ func parseResponse(status int, h http.Header, body []byte, now time.Time) (*Resp
 	return resp, nil
 }
 
-// redactCodes is RedactCodes, under the name the package's parsers use.
-func redactCodes(s string) string { return RedactCodes(s) }
-
 func parseAPIError(status int, h http.Header, body []byte, requestID string, now time.Time) *APIError {
 	e := &APIError{StatusCode: status, RequestID: requestID}
 	e.RetryAfter, e.HasRetryAfter = parseRetryAfter(h.Get("Retry-After"), now)
@@ -89,7 +86,7 @@ func parseAPIError(status int, h http.Header, body []byte, requestID string, now
 		Message json.RawMessage `json:"message"`
 	}
 	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &env) != nil {
-		e.Body = snippet([]byte(redactCodes(string(trimmed))), bodySnippetLen)
+		e.Body = snippet([]byte(RedactCodes(string(trimmed))), bodySnippetLen)
 		return e
 	}
 	// Decode field by field: one field of an unexpected type must not hide the others.
@@ -106,7 +103,7 @@ func parseAPIError(status int, h http.Header, body []byte, requestID string, now
 	if msg == "" {
 		msg = jsonString(env.Message) // API gateways answer {"message": "..."}
 	}
-	e.Message = snippet([]byte(redactCodes(msg)), maxMessageLen)
+	e.Message = snippet([]byte(RedactCodes(msg)), maxMessageLen)
 	if e.RequestID == "" {
 		e.RequestID = snippet([]byte(jsonString(inner.RequestID)), maxTypeLen)
 	}

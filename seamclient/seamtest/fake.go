@@ -292,7 +292,7 @@ func DerivedACSUserID(userIdentityID string) string {
 func (f *Fake) Credential(id string) (json.RawMessage, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	o, ok := f.credential(id)
+	o, ok := f.credential(strings.ToLower(id))
 	if !ok {
 		return nil, false
 	}

@@ -2,7 +2,6 @@ package seamtest
 
 import (
 	"encoding/json"
-	"strings"
 	"time"
 )
 
@@ -76,7 +75,9 @@ func (f *Fake) startSync(key string, cred *object) {
 }
 
 // settle applies a sync that has come due; f.mu is held. Every read of a
-// credential goes through it.
+// credential's object goes through it (by credential), so a sync is seen
+// as soon as it is due; IsAssigned and Holder read f.creds directly, since
+// settling changes no holder.
 func (f *Fake) settle(key string, cred *object) {
 	p, ok := f.syncs[key]
 	if !ok || f.now().Before(p.due) {
@@ -114,9 +115,9 @@ func withoutWarning(cred *object, code string) []json.RawMessage {
 	return kept
 }
 
-// credential returns a stored credential with any due sync applied; f.mu is held.
-func (f *Fake) credential(id string) (*object, bool) {
-	key := strings.ToLower(id)
+// credential returns the stored credential of key, the lower-cased id,
+// with any due sync applied; f.mu is held.
+func (f *Fake) credential(key string) (*object, bool) {
 	o, ok := f.creds[key]
 	if ok {
 		f.settle(key, o)

@@ -2,6 +2,7 @@ package seamtest
 
 import (
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -153,5 +154,5 @@ func TestFake_EmptySuccessStillAvailableWithSync(t *testing.T) {
 func (f *Fake) credentialObject(id string) (*object, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.credential(id)
+	return f.credential(strings.ToLower(id))
 }

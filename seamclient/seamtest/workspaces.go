@@ -14,8 +14,8 @@ import (
 // workspace and names it in the seam-workspace header. A key refused, or a
 // header naming another workspace than the key's, is a 401; a personal
 // access token without the header is a 400. The Fakes added should take
-// any key (no WithAPIKey): Workspaces checks the key. Add before serving;
-// it is safe for concurrent use after.
+// any key (no WithAPIKey): Workspaces checks the key. It is safe for
+// concurrent use: workspaces and tokens may be added while it serves.
 type Workspaces struct {
 	mu    sync.RWMutex
 	byKey map[string]string // API key to workspace id
@@ -70,8 +70,8 @@ func (m *Workspaces) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f := m.byID[id]
 	m.mu.RUnlock()
-	requestID := newRequestID()
 	refuse := func(status int, typ, msg string) {
+		requestID := newRequestID()
 		w.Header().Set("seam-request-id", requestID)
 		writeJSON(w, status, errorBody(typ, msg, requestID))
 	}
