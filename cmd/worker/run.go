@@ -222,7 +222,7 @@ func reloadOnHangUp(ctx context.Context, cfg *cli.Config, w *consumer.Worker, lo
 				continue
 			}
 			err := func() error {
-				specs, err := cli.LoadWorkspaces(cfg.Workspaces, os.Getenv)
+				specs, err := cfg.LoadRouting(os.Getenv)
 				if err != nil {
 					return err
 				}

@@ -4,6 +4,7 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -166,13 +167,39 @@ func ParseFlags(fs *flag.FlagSet, c *ConfigFlags, args []string, getenv func(str
 		if c.cfg.SeamAPIKey != "" || c.cfg.SeamWorkspaceID != "" {
 			return &UsageError{Msg: "KEYWORKER_WORKSPACES: the routing file names each workspace's key: unset SEAM_API_KEY and SEAM_WORKSPACE_ID"}
 		}
-		specs, err := LoadWorkspaces(c.cfg.Workspaces, getenv)
+		specs, err := c.cfg.LoadRouting(getenv)
 		if err != nil {
 			return err
 		}
 		c.cfg.Routing = specs
 	}
 	return nil
+}
+
+// LoadRouting reads the routing file (KEYWORKER_WORKSPACES), at start and
+// on reload, and holds each workspace's endpoint (its own, or SEAM_ENDPOINT)
+// to the same rule as SEAM_ENDPOINT: no key in clear to another host.
+func (c *Config) LoadRouting(getenv func(string) string) ([]WorkspaceSpec, error) {
+	specs, err := LoadWorkspaces(c.Workspaces, getenv)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range specs {
+		if c.sendsKeyInClear(cmp.Or(s.Endpoint, c.SeamEndpoint)) {
+			return nil, &UsageError{Msg: "KEYWORKER_WORKSPACES: " + c.Workspaces + ": workspace " + s.ID + ": " + inClear}
+		}
+	}
+	return specs, nil
+}
+
+// inClear says why a key may not go to a plain http endpoint.
+const inClear = "plain http to a host that is not loopback would send the API key in clear: use https, or set KEYWORKER_ALLOW_INSECURE_SEAM=true (--allow-insecure-seam) for a trusted network"
+
+// sendsKeyInClear reports whether a request with an API key to endpoint
+// would cross the network unencrypted without it being allowed.
+func (c *Config) sendsKeyInClear(endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	return err == nil && u.Scheme == "http" && !c.AllowInsecureSeam && !isLoopback(u.Hostname())
 }
 
 // want says what kind of value a flag takes, for an error that may not
@@ -317,8 +344,8 @@ func (c *Config) checkSeamEndpoint() error {
 	if u.User != nil {
 		return bad("must not carry user info; the key goes in SEAM_API_KEY (value not shown)")
 	}
-	if u.Scheme == "http" && c.SeamAPIKey != "" && !c.AllowInsecureSeam && !isLoopback(u.Hostname()) {
-		return bad("plain http to a host that is not loopback would send the API key in clear: use https, or set KEYWORKER_ALLOW_INSECURE_SEAM=true (--allow-insecure-seam) for a trusted network")
+	if c.SeamAPIKey != "" && c.sendsKeyInClear(c.SeamEndpoint) {
+		return bad(inClear)
 	}
 	return nil
 }
