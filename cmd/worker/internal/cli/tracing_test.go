@@ -36,8 +36,8 @@ func TestSetupTracing_OffUnlessAnEndpointAndRefusesBadValuesNamingTheVariable(t 
 			}
 			tr, err := SetupTracing(context.Background(), func(k string) string { return c.env[k] }, zerolog.Nop())
 			if c.refuses != "" {
-				if !errors.Is(err, ErrTracingConfig) || !strings.Contains(err.Error(), c.refuses) {
-					t.Fatalf("error %v, want one wrapping ErrTracingConfig naming %s", err, c.refuses)
+				if !errors.Is(err, ErrTracingConfig) || !strings.Contains(err.Error(), c.refuses) || ExitCode(err) != 2 {
+					t.Fatalf("error %v (exit %d), want one wrapping ErrTracingConfig naming %s, exit 2", err, ExitCode(err), c.refuses)
 				}
 				return
 			}

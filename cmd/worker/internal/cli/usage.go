@@ -12,14 +12,14 @@ type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
-// ExitCode is the exit status for err: 2 for a usage error or a data
-// directory in use, else 1.
+// ExitCode is the exit status for err: 2 for a usage error, a bad tracing
+// variable or a data directory in use, else 1.
 func ExitCode(err error) int {
 	var (
 		u *UsageError
 		l *LockedError
 	)
-	if errors.As(err, &u) || errors.As(err, &l) {
+	if errors.As(err, &u) || errors.As(err, &l) || errors.Is(err, ErrTracingConfig) {
 		return 2
 	}
 	return 1
