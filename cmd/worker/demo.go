@@ -36,8 +36,7 @@ type demoStep struct {
 	say     string
 	subject string
 	doc     []byte
-	id      string // event id; outcomes are matched on it, or on the stream sequence when undecodable
-	fault   *seamtest.Fault
+	id      string               // event id; outcomes are matched on it, or on the stream sequence when undecodable
 	before  func(*seamtest.Fake) // sets the simulator's scene for the step
 	silent  bool                 // a duplicate: no outcome of its own
 }
@@ -100,9 +99,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	steps := demoSteps(time.Now().UTC())
 	var failures int
 	for i, st := range steps {
-		if st.fault != nil {
-			sim.FailNext(1, "", *st.fault)
-		}
 		if st.before != nil {
 			st.before(sim)
 		}
@@ -183,7 +179,8 @@ func demoSteps(now time.Time) []demoStep {
 			before: func(f *seamtest.Fake) { f.SetSyncFailure("", ""); f.SetSyncDelay(time.Hour) }},
 		{say: "a delayed check-in for Ana, older than her check-out, arrives late", subject: in, id: "evt-ana-in-late", doc: ev(in, "evt-ana-in-late", now.Add(-150*time.Second), ana)},
 		{say: "a malformed check-in names both a user and a user identity", subject: in, doc: bad},
-		{say: "Chen checks in, but Seam does not know the credential", subject: in, id: "evt-chen-in", doc: ev(in, "evt-chen-in", now, chen), fault: &notFound},
+		{say: "Chen checks in, but Seam does not know the credential", subject: in, id: "evt-chen-in", doc: ev(in, "evt-chen-in", now, chen),
+			before: func(f *seamtest.Fake) { f.FailNext(1, "", notFound) }},
 	}
 }
 

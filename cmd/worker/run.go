@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,8 +52,6 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // serveHooks let the demo watch and steer a worker.
 type serveHooks struct {
-	// sim replaces the simulator started when SEAM_API_KEY is empty.
-	sim *seamtest.Fake
 	// started, when set, is called once the worker consumes.
 	started func(*cli.Conn)
 }
@@ -75,7 +72,7 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 	}
 	defer tracing.Shutdown(log) // flushes: after the worker stopped
 
-	seam, stopSim, err := newSeam(ctx, cfg, log, hooks.sim, tracing.SeamOptions()...)
+	seam, stopSim, err := newSeam(ctx, cfg, log, tracing.SeamOptions()...)
 	if err != nil {
 		return err
 	}
@@ -151,15 +148,13 @@ func serve(ctx context.Context, cfg *cli.Config, log zerolog.Logger, hooks serve
 
 // newSeam builds the Seam client; with no API key (and no routing file) it
 // starts the simulator and says so loudly.
-func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, sim *seamtest.Fake, extra ...seamclient.Option) (*seamclient.Client, func(), error) {
+func newSeam(ctx context.Context, cfg *cli.Config, log zerolog.Logger, extra ...seamclient.Option) (*seamclient.Client, func(), error) {
 	endpoint, key, stop := cfg.SeamEndpoint, cfg.SeamAPIKey, func() {}
 	if cfg.Routing != nil {
 		return nil, stop, nil // each workspace has its own client
 	}
 	if key == "" {
-		if sim == nil {
-			sim = seamtest.New(seamtest.WithAutoCreate(), seamtest.WithRequestLog(1000))
-		}
+		sim := seamtest.New(seamtest.WithAutoCreate(), seamtest.WithRequestLog(1000))
 		url, shutdown, err := sim.Serve(ctx, "127.0.0.1:0")
 		if err != nil {
 			return nil, nil, fmt.Errorf("seam simulator: %w", err)
@@ -303,20 +298,20 @@ func (p *readiness) check(ctx context.Context) (reasons, unhealthy []string) {
 	all := p.worker.Workspaces()
 	healthy := false
 	for _, x := range all {
-		var why string
+		var state, what string
 		switch x.Health {
 		case consumer.SeamHealthy:
 			healthy = true
 			continue
 		case consumer.SeamUnauthorized:
-			why = "seam_unauthorized: Seam refuses the API key (401/403) since " + x.Since.UTC().Format(time.RFC3339) + "; events wait, nothing is dead-lettered"
+			state, what = "seam_unauthorized", "Seam refuses the API key (401/403) since %s; events wait, nothing is dead-lettered"
 		case consumer.SeamUnavailable:
-			why = "seam_unavailable: Seam keeps failing since " + x.Since.UTC().Format(time.RFC3339) + "; events wait and are handled when it is back"
+			state, what = "seam_unavailable", "Seam keeps failing since %s; events wait and are handled when it is back"
 		}
 		if x.ID != "" {
-			why = strings.Replace(why, ": ", ": workspace "+x.ID+": ", 1)
+			state += ": workspace " + x.ID
 		}
-		unhealthy = append(unhealthy, why)
+		unhealthy = append(unhealthy, state+": "+fmt.Sprintf(what, x.Since.UTC().Format(time.RFC3339)))
 	}
 	if !healthy {
 		// No workspace takes events: not ready, every one says why.

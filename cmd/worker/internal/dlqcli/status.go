@@ -87,20 +87,8 @@ func statusWrite(w io.Writer, st *dlq.Status) error {
 		fmt.Fprintf(w, "Consumer %s on %s: not found (no worker has started against this NATS)\n", c.Name, c.Stream)
 	}
 	fmt.Fprintf(w, "Dead letters: %d", st.DeadLetters.Total)
-	kinds := make([]string, 0, len(st.DeadLetters.ByErrorKind))
-	for k := range st.DeadLetters.ByErrorKind {
-		kinds = append(kinds, k)
-	}
-	slices.Sort(kinds)
-	for i, k := range kinds {
-		sep := ", "
-		if i == 0 {
-			sep = " ("
-		}
-		fmt.Fprintf(w, "%s%s %d", sep, k, st.DeadLetters.ByErrorKind[k])
-	}
-	if len(kinds) > 0 {
-		fmt.Fprint(w, ")")
+	if len(st.DeadLetters.ByErrorKind) > 0 {
+		fmt.Fprintf(w, " (%s)", countsLine(st.DeadLetters.ByErrorKind))
 	}
 	fmt.Fprintln(w)
 	if len(st.DeadLetters.ByWorkspace) > 1 || st.DeadLetters.ByWorkspace["none"] == 0 && st.DeadLetters.Total > 0 {

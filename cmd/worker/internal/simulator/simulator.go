@@ -187,13 +187,12 @@ func serveSimulator(ctx context.Context, sf simulatorFlags, stdout io.Writer) er
 			multi.AddPersonalAccessToken(sf.pat)
 		}
 		mux.Handle("/", multi)
-	}
-	fake := newFake(opts...)
-	if len(sf.workspaces) == 0 {
+	} else {
+		fake := newFake(opts...)
 		mux.Handle("/", fake)
-	}
-	if sf.inspect {
-		mux.Handle("/_fake/", requireKey(sf.apiKey, inspectHandler(fake)))
+		if sf.inspect { // refused with --workspace
+			mux.Handle("/_fake/", requireKey(sf.apiKey, inspectHandler(fake)))
+		}
 	}
 
 	var lc net.ListenConfig
