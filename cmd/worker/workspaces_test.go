@@ -27,10 +27,7 @@ import (
 )
 
 func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	bin := workerBinary(t)
+	bin := procWorkerBin.build(t)
 	const secret = "seam_live_Zq8xSECRETsecret42"
 	for _, tc := range []struct {
 		name, file string
@@ -52,7 +49,7 @@ func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
 			}
 			cmd := exec.Command(bin, "run")
 			cmd.Env = append(os.Environ(), "KEYWORKER_WORKSPACES="+path, "KEY_GRAND="+secret, "KEY_NOBODY_SET=",
-				"SEAM_API_KEY=", "SEAM_WORKSPACE_ID=", "NATS_URL=", "KEYWORKER_DATA_DIR="+t.TempDir(), "KEYWORKER_HTTP_ADDR=127.0.0.1:"+freePort(t))
+				"SEAM_API_KEY=", "SEAM_WORKSPACE_ID=", "NATS_URL=", "KEYWORKER_DATA_DIR="+t.TempDir(), "KEYWORKER_HTTP_ADDR="+consumertest.FreeAddr(t))
 			out, err := cmd.CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
@@ -80,10 +77,7 @@ func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
 // stays; a good one is picked up on SIGHUP; dlq replay --property then
 // assigns the credential in the new workspace.
 func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	bin := workerBinary(t)
+	bin := procWorkerBin.build(t)
 	_, url := natstest.StartTest(t)
 	_, js := natstest.ConnectTest(t, url)
 	grand := seamtest.NewServer(seamtest.WithAutoCreate(), seamtest.WithAPIKey("seam_key_grand"))
@@ -107,7 +101,7 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 	write(entry("ws_grand", "KEY_GRAND", grand.URL, "grand-hotel"))
 
 	cmd := exec.Command(bin, "run")
-	httpAddr := "127.0.0.1:" + freePort(t)
+	httpAddr := consumertest.FreeAddr(t)
 	cmd.Env = append(os.Environ(), "NATS_URL="+url, "KEYWORKER_WORKSPACES="+path,
 		"KEY_GRAND=seam_key_grand", "KEY_LODGE=seam_key_lodge", "SEAM_API_KEY=", "SEAM_WORKSPACE_ID=",
 		"KEYWORKER_HTTP_ADDR="+httpAddr, "LOG_LEVEL=info")
