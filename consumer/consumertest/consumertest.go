@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -134,8 +135,13 @@ func Outcomes(ctx context.Context, js jetstream.JetStream, cfg consumer.Config) 
 		}
 		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 			m, err := s.GetMsg(ctx, seq)
-			if err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // deleted: a purge, or a gap in the sequence
+			}
+			if err != nil {
+				// Not skipped: a timeout while a cluster elects a leader
+				// would otherwise read as a missing outcome.
+				return nil, fmt.Errorf("%s message %d: %w", stream, seq, err)
 			}
 			o, err := decodeOutcome(m, stream == cfg.DeadLetterStream)
 			if err != nil {
