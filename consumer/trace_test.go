@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/dlq"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 )
 
@@ -47,24 +49,31 @@ func tracedHarness(t *testing.T) (*harness, *tracetest.SpanRecorder) {
 // and returns every ended span of that trace.
 func waitSpan(t *testing.T, rec *tracetest.SpanRecorder, traceID, name string) []sdktrace.ReadOnlySpan {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var in []sdktrace.ReadOnlySpan
-		found := false
-		for _, s := range rec.Ended() {
-			if s.SpanContext().TraceID().String() == traceID {
-				in = append(in, s)
-				found = found || s.Name() == name
-			}
+	var in []sdktrace.ReadOnlySpan
+	natstest.WaitFor(t, 10*time.Second, func() error {
+		var err error
+		in, err = endedIn(rec, traceID, name)
+		return err
+	})
+	return in
+}
+
+// endedIn returns every ended span of trace once one named name is among
+// them, or says it is not.
+func endedIn(rec *tracetest.SpanRecorder, traceID, name string) ([]sdktrace.ReadOnlySpan, error) {
+	var in []sdktrace.ReadOnlySpan
+	found := false
+	ended := rec.Ended()
+	for _, s := range ended {
+		if s.SpanContext().TraceID().String() == traceID {
+			in = append(in, s)
+			found = found || s.Name() == name
 		}
-		if found {
-			return in
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no ended span %q in trace %s; recorded: %v", name, traceID, spanNames(rec.Ended()))
-		}
-		time.Sleep(10 * time.Millisecond) // polling, like checkFor
 	}
+	if !found {
+		return nil, fmt.Errorf("no ended span %q in trace %s; recorded: %v", name, traceID, spanNames(ended))
+	}
+	return in, nil
 }
 
 func spanNames(spans []sdktrace.ReadOnlySpan) []string {
@@ -290,13 +299,16 @@ func TestTrace_DeadLetterCarriesTheTraceAndReplayContinuesIt(t *testing.T) {
 		t.Errorf("replayed event traceparent %q, want the dead letter's %q", got, tp)
 	}
 	h.waitOutcomes(2, 10*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(byName(waitSpan(t, rec, producerTraceID, "process guest.checked_in"), "process guest.checked_in")) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the replay's process span is not in the producer's trace")
+	natstest.WaitFor(t, 10*time.Second, func() error {
+		in, err := endedIn(rec, producerTraceID, "process guest.checked_in")
+		if err != nil {
+			return err
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		if n := len(byName(in, "process guest.checked_in")); n < 2 {
+			return fmt.Errorf("the replay's process span is not in the producer's trace: %d process spans", n)
+		}
+		return nil
+	})
 	for _, p := range byName(rec.Ended(), "process guest.checked_in") {
 		if attrs(p)["keyworker.replay_of"] == "" {
 			continue

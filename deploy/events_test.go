@@ -2,11 +2,8 @@ package deploy_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"testing"
 	"time"
 
@@ -87,104 +84,25 @@ func publish(ctx context.Context, js jetstream.JetStream, ev event, msgID string
 	}
 }
 
-// outcome is one event of the results or dead-letter stream.
-type outcome struct {
-	subject  string
-	sourceID string
-	dl       schemas.DeadLetter
-}
-
-// readOutcomes reads every message of the results and dead-letter streams.
-func readOutcomes(ctx context.Context, js jetstream.JetStream) ([]outcome, error) {
-	var out []outcome
-	for _, stream := range []string{consumer.DefaultResultsStream, consumer.DefaultDeadLetterStream} {
-		msgs, err := readStream(ctx, js, stream)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			o := outcome{subject: m.Subject()}
-			if strings.HasPrefix(o.subject, schemas.DeadLetterPrefix) {
-				_, dl, err := schemas.DecodeDeadLetterEvent(m.Data())
-				if err != nil {
-					return nil, fmt.Errorf("dead letter does not decode: %w", err)
-				}
-				o.sourceID, o.dl = dl.SourceEventID, dl
-			} else {
-				var env schemas.Envelope
-				var data struct {
-					SourceEventID string `json:"source_event_id"`
-				}
-				if err := json.Unmarshal(m.Data(), &env); err != nil {
-					return nil, err
-				}
-				if err := json.Unmarshal(env.Data, &data); err != nil {
-					return nil, err
-				}
-				o.sourceID = data.SourceEventID
-			}
-			out = append(out, o)
-		}
-	}
-	return out, nil
-}
-
-// readStream reads all messages of a stream with an ordered consumer.
-func readStream(ctx context.Context, js jetstream.JetStream, stream string) ([]jetstream.Msg, error) {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil, err
-	}
-	want := s.CachedInfo().State.Msgs
-	if want == 0 {
-		return nil, nil
-	}
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, err
-	}
-	var out []jetstream.Msg
-	for uint64(len(out)) < want {
-		batch, err := c.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			return nil, err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			out = append(out, m)
-			n++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, err
-		}
-		if n == 0 {
-			return nil, fmt.Errorf("%s: read %d of %d messages", stream, len(out), want)
-		}
-	}
-	return out, nil
-}
-
-// waitSettled waits until the durable consumer has nothing pending or
-// unacknowledged and the outcome streams hold at least n events.
-func waitSettled(t *testing.T, js jetstream.JetStream, n int, within time.Duration) []outcome {
+// waitSettled waits until the durable consumer is drained and the outcome
+// streams hold at least n events. The outcomes are read message by message
+// (consumertest.Outcomes), which on a cluster the stream leader answers:
+// nothing here needs the ordered consumer it was once read with.
+func waitSettled(t *testing.T, js jetstream.JetStream, n int, within time.Duration) []consumertest.Outcome {
 	t.Helper()
-	var got []outcome
+	cfg := consumer.Config{}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var got []consumertest.Outcome
 	natstest.WaitFor(t, within, func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		defer cancel()
-		c, err := js.Consumer(ctx, consumer.DefaultInputStream, consumer.DefaultDurable)
-		if err != nil {
+		if err := consumertest.Drained(ctx, js, cfg); err != nil {
 			return err
 		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumPending > 0 || info.NumAckPending > 0 {
-			return fmt.Errorf("consumer: %d pending, %d awaiting ack", info.NumPending, info.NumAckPending)
-		}
-		got, err = readOutcomes(ctx, js)
-		if err != nil {
+		var err error
+		if got, err = consumertest.Outcomes(ctx, js, cfg); err != nil {
 			return err
 		}
 		if len(got) < n {
@@ -198,7 +116,7 @@ func waitSettled(t *testing.T, js jetstream.JetStream, n int, within time.Durati
 // checkOneOutcomeEach checks that every event has exactly one outcome, of
 // the right kind, and that no outcome names an unknown event. It returns
 // the outcome subject of each event id.
-func checkOneOutcomeEach(t *testing.T, events []event, outs []outcome) map[string]string {
+func checkOneOutcomeEach(t *testing.T, events []event, outs []consumertest.Outcome) map[string]string {
 	t.Helper()
 	want := map[string]string{}
 	for _, ev := range events {
@@ -206,13 +124,13 @@ func checkOneOutcomeEach(t *testing.T, events []event, outs []outcome) map[strin
 	}
 	got := map[string][]string{}
 	for _, o := range outs {
-		if _, ok := want[o.sourceID]; !ok {
-			t.Errorf("outcome %s for an event never published: %q", o.subject, o.sourceID)
+		if _, ok := want[o.SourceID()]; !ok {
+			t.Errorf("outcome %s for an event never published: %q", o.Subject, o.SourceID())
 			continue
 		}
-		got[o.sourceID] = append(got[o.sourceID], o.subject)
-		if o.dl.OriginalSubject != "" {
-			t.Errorf("event %s dead-lettered: %s: %s", o.sourceID, o.dl.Error.Kind, o.dl.Error.Message)
+		got[o.SourceID()] = append(got[o.SourceID()], o.Subject)
+		if o.DL.OriginalSubject != "" {
+			t.Errorf("event %s dead-lettered: %s: %s", o.SourceID(), o.DL.Error.Kind, o.DL.Error.Message)
 		}
 	}
 	subjects := map[string]string{}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
@@ -60,7 +61,7 @@ func workerExports(t *testing.T) exported {
 	}
 	t.Cleanup(func() { _ = stop(t.Context()) })
 
-	httpAddr := freeAddr(t)
+	httpAddr := consumertest.FreeAddr(t)
 	startProcess(t, bin, map[string]string{
 		"NATS_URL": url, "SEAM_ENDPOINT": seamURL, "SEAM_API_KEY": "observability-test-key",
 		"KEYWORKER_HTTP_ADDR": httpAddr, "KEYWORKER_DATA_DIR": t.TempDir(),

@@ -171,8 +171,6 @@ func (p *process) exit(t *testing.T, d time.Duration) int {
 	}
 }
 
-func freeAddr(t *testing.T) string { return consumertest.FreeAddr(t) }
-
 // TestTLS_WorkerConnectsWithAClientCertificateAndReportsNATSOutages runs the
 // worker binary against a JetStream server that requires TLS with a client
 // certificate: it becomes ready, reports 503 with a reason while the
@@ -184,7 +182,7 @@ func TestTLS_WorkerConnectsWithAClientCertificateAndReportsNATSOutages(t *testin
 	store := t.TempDir()
 	s := startTLSServer(t, p, 0, store)
 	port := s.Addr().(*net.TCPAddr).Port
-	httpAddr := freeAddr(t)
+	httpAddr := consumertest.FreeAddr(t)
 	w := startProcess(t, bin, map[string]string{
 		"NATS_URL":            fmt.Sprintf("tls://127.0.0.1:%d", port),
 		"NATS_TLS_CA":         p.caFile,
@@ -232,7 +230,7 @@ func TestTLS_WorkerWithoutTheRightCertificatesExitsWithOneClearLine(t *testing.T
 		{"server signed by an unknown CA", map[string]string{"NATS_TLS_CA": other.caFile, "NATS_TLS_CERT": p.clientCert, "NATS_TLS_KEY": p.clientKey}, "certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env := map[string]string{"NATS_URL": url, "KEYWORKER_HTTP_ADDR": freeAddr(t), "KEYWORKER_DATA_DIR": t.TempDir()}
+			env := map[string]string{"NATS_URL": url, "KEYWORKER_HTTP_ADDR": consumertest.FreeAddr(t), "KEYWORKER_DATA_DIR": t.TempDir()}
 			for k, v := range tc.env {
 				env[k] = v
 			}

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/keyworker/keyworker/consumer/consumertest"
 )
 
 // configRun is one start of the worker binary that ends at start-up.
@@ -24,7 +26,7 @@ func runBinaryConfig(t *testing.T, env ...string) configRun {
 
 func runBinaryConfigArgs(t *testing.T, args []string, env ...string) configRun {
 	t.Helper()
-	cmd := exec.Command(workerBinary(t), append([]string{"run"}, args...)...)
+	cmd := exec.Command(procWorkerBin.build(t), append([]string{"run"}, args...)...)
 	cmd.Dir = t.TempDir()
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + cmd.Dir, "KEYWORKER_DATA_DIR=" + cmd.Dir, "KEYWORKER_HTTP_ADDR="}
 	cmd.Env = append(base, env...)
@@ -45,9 +47,7 @@ func runBinaryConfigArgs(t *testing.T, args []string, env ...string) configRun {
 // Start-up configuration errors name the variable and what is wrong, never
 // the value: passwords in URLs, keys pasted into the wrong variable.
 func TestConfig_ErrorsNeverEchoSecrets(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
+	procWorkerBin.build(t) // once here, so that -short skips the test rather than each case
 	const (
 		password = "Hunter2"
 		key      = "seam_live_4f9aKq2Z7xWm"
@@ -90,10 +90,7 @@ func TestConfig_ErrorsNeverEchoSecrets(t *testing.T) {
 
 // A password in a NATS URL that parses stays out of the connect error too.
 func TestConfig_UnreachableNATSErrorHidesThePassword(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	r := runBinaryConfig(t, "NATS_URL=nats://kw:Hunter2@127.0.0.1:"+freePort(t))
+	r := runBinaryConfig(t, "NATS_URL=nats://kw:Hunter2@"+consumertest.FreeAddr(t))
 	if r.code != 1 || !strings.Contains(r.stderr, "NATS_URL") || strings.Contains(r.stdout+r.stderr, "Hunter2") {
 		t.Fatalf("exit %d, want 1 and an error naming NATS_URL without the password:\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -101,13 +98,10 @@ func TestConfig_UnreachableNATSErrorHidesThePassword(t *testing.T) {
 
 // Plain http to a Seam that is not on loopback would send the key in clear.
 func TestConfig_PlainHTTPSeamOffLoopbackIsRefusedUnlessAllowed(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
 	const key = "seam_test_Zq81xxPlain"
 	// NATS at a closed loopback port: a configuration that passes fails
 	// next at connecting, exit code 1, naming NATS_URL.
-	nats := "NATS_URL=nats://127.0.0.1:" + freePort(t)
+	nats := "NATS_URL=nats://" + consumertest.FreeAddr(t)
 
 	r := runBinaryConfig(t, nats, "SEAM_ENDPOINT=http://seam.example.com", "SEAM_API_KEY="+key)
 	if r.code != 2 || !strings.Contains(r.stderr, "SEAM_ENDPOINT:") || !strings.Contains(r.stderr, "KEYWORKER_ALLOW_INSECURE_SEAM") ||

@@ -26,31 +26,11 @@ import (
 )
 
 // embeddedWorker prepares a worker binary with no NATS_URL (so its embedded
-// server) on dataDir and the built-in simulator, like procNewWorker but
-// without building nats-server. It does not start it.
+// server) on dataDir and the built-in simulator, without building
+// nats-server. It does not start it.
 func embeddedWorker(t *testing.T, dataDir string) *procWorker {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	w := &procWorker{t: t, bin: workerBinary(t), dir: t.TempDir()}
-	w.httpAddr = "127.0.0.1:" + strconv.Itoa(procFreePort(t))
-	w.env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + w.dir,
-		"KEYWORKER_HTTP_ADDR=" + w.httpAddr,
-		"KEYWORKER_DATA_DIR=" + dataDir,
-		"LOG_FORMAT=json",
-	}
-	t.Cleanup(func() {
-		w.kill()
-		if t.Failed() {
-			for _, p := range w.logs {
-				t.Logf("%s:\n%s", filepath.Base(p), procTail(p, 20))
-			}
-		}
-	})
-	return w
+	return procNewWorker(t, "KEYWORKER_DATA_DIR="+dataDir) // the later value wins
 }
 
 // command runs `worker args...` to its end with w's environment and

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -105,7 +107,7 @@ func planCrash(t *testing.T, n int, rng *rand.Rand) ([]*crashEvent, []*crashRoom
 					d.ACSUserID = g.user
 				}
 				ev := &crashEvent{id: newUUID(), subject: subject, at: when, guest: g}
-				ev.doc = procGuestDoc(t, subject, crashSource, ev.id, ev.at, d)
+				ev.doc = consumertest.Event(subject, crashSource, ev.id, ev.at, d)
 				g.events = append(g.events, ev)
 				r.events = append(r.events, ev)
 				events = append(events, ev)
@@ -158,7 +160,7 @@ func planCrash(t *testing.T, n int, rng *rand.Rand) ([]*crashEvent, []*crashRoom
 			ev.doc = fmt.Appendf(nil, `{"specversion":"1.0","id":%q,"source":%q,"type":%q,"data":{"acs_credential_id":`, ev.id, crashSource, ev.subject)
 		} else {
 			ev.malformed = "both_ids"
-			ev.doc = procGuestDoc(t, ev.subject, crashSource, ev.id, ev.at, schemas.GuestData{
+			ev.doc = consumertest.Event(ev.subject, crashSource, ev.id, ev.at, schemas.GuestData{
 				ACSCredentialID: newUUID(), ACSUserID: newUUID(), UserIdentityID: newUUID(),
 			})
 		}
@@ -253,7 +255,7 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		what string
 	}{{0.10, "worker"}, {0.20, "nats-server"}, {0.30, "worker"}, {0.45, "worker"}} {
 		target := int(step.frac * float64(n))
-		procPoll(t, remaining(), func() error {
+		natstest.WaitFor(t, remaining(), func() error {
 			c, err := client.outcomeCount()
 			if err == nil && c < target {
 				err = fmt.Errorf("%d outcome events, waiting for %d to kill the %s", c, target, step.what)
@@ -269,7 +271,7 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 			continue
 		}
 		natsSrv.kill()
-		procPoll(t, 15*time.Second, func() error {
+		natstest.WaitFor(t, 15*time.Second, func() error {
 			code, body, err := worker.readyz()
 			if err == nil && code == http.StatusOK {
 				err = fmt.Errorf("readyz still 200 with nats-server down: %s", body)
@@ -283,7 +285,7 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	lastReport := time.Now()
-	procPoll(t, remaining(), func() error {
+	natstest.WaitFor(t, remaining(), func() error {
 		err := client.drained()
 		if err != nil && time.Since(lastReport) > 10*time.Second {
 			c, _ := client.outcomeCount()
@@ -308,22 +310,22 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		byID[ev.id] = ev
 	}
 	outcomes := client.outcomes()
-	got := map[*crashEvent][]procOutcome{}
+	got := map[*crashEvent][]consumertest.Outcome{}
 	subjects := map[string]int{}
 	dlKinds := map[string]int{}
 	for _, o := range outcomes {
 		subjects[o.Subject]++
-		if o.IsDL {
+		if o.DeadLetter {
 			dlKinds[o.DL.Error.Kind]++
 		}
 		var ev *crashEvent
-		if id := o.sourceID(); id != "" {
+		if id := o.SourceID(); id != "" {
 			ev = byID[id]
-		} else if o.IsDL {
+		} else if o.DeadLetter {
 			ev = bySeq[o.DL.OriginalStreamSequence]
 		}
 		if ev == nil {
-			t.Errorf("%s (seq %d) is about no published event: source id %q", o.Subject, o.Seq, o.sourceID())
+			t.Errorf("%s (seq %d) is about no published event: source id %q", o.Subject, o.Seq, o.SourceID())
 			continue
 		}
 		got[ev] = append(got[ev], o)
@@ -358,7 +360,7 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		if len(outs) != 1 {
 			var desc []string
 			for _, o := range outs {
-				if o.IsDL {
+				if o.DeadLetter {
 					desc = append(desc, fmt.Sprintf("%s#%d (%s, %d deliveries: %s)", o.Subject, o.Seq, o.DL.Error.Kind, o.DL.Deliveries, o.DL.Error.Message))
 				} else {
 					desc = append(desc, fmt.Sprintf("%s#%d (attempts %d)", o.Subject, o.Seq, o.Result.Attempts))
@@ -370,10 +372,10 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		o := outs[0]
 		switch {
 		case ev.malformed != "":
-			if !o.IsDL || o.DL.Error.Kind != schemas.ErrorKindInvalidEvent {
+			if !o.DeadLetter || o.DL.Error.Kind != schemas.ErrorKindInvalidEvent {
 				t.Errorf("malformed event %s (%s): outcome %s kind %q, want an invalid_event dead letter", ev.id, ev.malformed, o.Subject, o.DL.Error.Kind)
 			}
-		case o.IsDL:
+		case o.DeadLetter:
 			if o.DL.Error.Kind != schemas.ErrorKindPermanent || o.DL.Error.HTTPStatus != http.StatusBadRequest || o.DL.Error.SeamErrorType != "invalid_input" {
 				t.Errorf("event %s (%s) dead-lettered as %s (%d %s): %s; only the fake's random 400 invalid_input may dead-letter a valid event",
 					ev.id, ev.subject, o.DL.Error.Kind, o.DL.Error.HTTPStatus, o.DL.Error.SeamErrorType, o.DL.Error.Message)
@@ -423,11 +425,11 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 	// event of the credential was dead-lettered, its change may be missing
 	// (the operator replays it): then only a guest whose check-out was handled
 	// must not hold the key.
-	outcomeOf := func(ev *crashEvent) procOutcome {
+	outcomeOf := func(ev *crashEvent) consumertest.Outcome {
 		if outs := got[ev]; len(outs) == 1 {
 			return outs[0]
 		}
-		return procOutcome{}
+		return consumertest.Outcome{}
 	}
 	exact, tolerated, maxEffects := 0, 0, 0
 	for _, r := range rooms {
@@ -452,13 +454,13 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 		if len(holders) == 1 {
 			have = holders[0]
 		}
-		deadLettered := slices.ContainsFunc(r.events, func(ev *crashEvent) bool { return outcomeOf(ev).IsDL })
+		deadLettered := slices.ContainsFunc(r.events, func(ev *crashEvent) bool { return outcomeOf(ev).DeadLetter })
 		switch {
 		case len(holders) > 1:
 			t.Errorf("room %s: %d guests hold one credential", r.cred, len(holders))
 		case have == want:
 			exact++
-		case deadLettered && (have == nil || !crashCheckedOut(have) || outcomeOf(have.events[len(have.events)-1]).IsDL):
+		case deadLettered && (have == nil || !crashCheckedOut(have) || outcomeOf(have.events[len(have.events)-1]).DeadLetter):
 			// Dead-lettered, the change waits for its replay: a guest keeps
 			// the key only when its own check-out is that dead letter.
 			tolerated++
@@ -531,7 +533,7 @@ func crashGuestName(g *crashGuest) string {
 	return g.user
 }
 
-func describeRoom(r *crashRoom, outcomeOf func(*crashEvent) procOutcome) string {
+func describeRoom(r *crashRoom, outcomeOf func(*crashEvent) consumertest.Outcome) string {
 	var parts []string
 	for _, ev := range r.events {
 		o := outcomeOf(ev)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -51,7 +53,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 	publish := func(subject, cred, user string) {
 		t.Helper()
 		id := newUUID()
-		doc := procGuestDoc(t, subject, "pms://hygiene-test", id, at, schemas.GuestData{ACSCredentialID: cred, ACSUserID: user})
+		doc := consumertest.Event(subject, "pms://hygiene-test", id, at, schemas.GuestData{ACSCredentialID: cred, ACSUserID: user})
 		if _, err := client.publish(ctx, subject, doc, id); err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +61,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 	}
 	waitAll := func() {
 		t.Helper()
-		procPoll(t, 60*time.Second, func() error {
+		natstest.WaitFor(t, 60*time.Second, func() error {
 			if err := client.drained(); err != nil {
 				return err
 			}
@@ -86,7 +88,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 	w1.waitReady(30 * time.Second)
 	// The event waits for a key that works (run 2 handles it): nothing is dead-lettered.
 	publish(schemas.SubjectCheckedIn, newUUID(), newUUID())
-	procPoll(t, 10*time.Second, func() error {
+	natstest.WaitFor(t, 10*time.Second, func() error {
 		code, body, err := w1.readyz()
 		if err == nil && (code != http.StatusServiceUnavailable || !strings.Contains(body, "401")) {
 			err = fmt.Errorf("readyz %d %s after a 401, want 503 naming it", code, body)
@@ -151,7 +153,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 	w3.start()
 	w3.waitReady(30 * time.Second)
 	natsSrv.kill()
-	procPoll(t, 15*time.Second, func() error {
+	natstest.WaitFor(t, 15*time.Second, func() error {
 		code, body, err := w3.readyz()
 		if err == nil && code == http.StatusOK {
 			err = fmt.Errorf("readyz 200 with nats-server down: %s", body)
@@ -183,7 +185,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 	outcomes := client.outcomes()
 	kinds := map[string]int{}
 	for _, o := range outcomes {
-		if o.IsDL {
+		if o.DeadLetter {
 			kinds[fmt.Sprint(o.DL.Error.HTTPStatus)]++
 		} else {
 			kinds[o.Subject]++
@@ -207,7 +209,7 @@ func TestLogHygiene_NoSecretInAnyLogLineOrDeadLetterError(t *testing.T) {
 		}
 	}
 	for _, o := range outcomes {
-		if !o.IsDL {
+		if !o.DeadLetter {
 			continue
 		}
 		for name, re := range hygieneLeaks() {
@@ -254,13 +256,13 @@ func TestLogHygiene_SeamErrorQuotingACredentialPINLeaksNoPIN(t *testing.T) {
 	defer cancel()
 	for _, cred := range []string{busyCred, refusedCred} {
 		id := newUUID()
-		doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://hygiene-test", id, time.Now().Add(-time.Hour),
+		doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://hygiene-test", id, time.Now().Add(-time.Hour),
 			schemas.GuestData{ACSCredentialID: cred, ACSUserID: guest})
 		if _, err := client.publish(ctx, schemas.SubjectCheckedIn, doc, id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	procPoll(t, 30*time.Second, func() error {
+	natstest.WaitFor(t, 30*time.Second, func() error {
 		c, err := client.outcomeCount()
 		if err == nil && c < 2 {
 			err = fmt.Errorf("%d outcomes, want 2", c)
@@ -277,7 +279,7 @@ func TestLogHygiene_SeamErrorQuotingACredentialPINLeaksNoPIN(t *testing.T) {
 		}
 	}
 	for _, o := range client.outcomes() {
-		if o.IsDL && pin.MatchString(o.DL.Error.Message) {
+		if o.DeadLetter && pin.MatchString(o.DL.Error.Message) {
 			t.Errorf("dead letter error message holds the PIN: %s", o.DL.Error.Message)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -41,7 +43,7 @@ func TestOutage_SeamDownThenRefusingTheKeyEndsWithEveryKeyAssignedAndNoDeadLette
 		for range n {
 			g := guest{newUUID(), newUUID(), newUUID()}
 			guests = append(guests, g)
-			doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://outage-test", g.id, time.Now().Add(-time.Minute),
+			doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://outage-test", g.id, time.Now().Add(-time.Minute),
 				schemas.GuestData{ACSCredentialID: g.cred, ACSUserID: g.user})
 			if _, err := client.publish(ctx, schemas.SubjectCheckedIn, doc, g.id); err != nil {
 				t.Fatal(err)
@@ -59,7 +61,7 @@ func TestOutage_SeamDownThenRefusingTheKeyEndsWithEveryKeyAssignedAndNoDeadLette
 	}
 	readyzSays := func(reason string) {
 		t.Helper()
-		procPoll(t, 20*time.Second, func() error {
+		natstest.WaitFor(t, 20*time.Second, func() error {
 			code, body, err := worker.readyz()
 			if err == nil && (code != http.StatusServiceUnavailable || !strings.Contains(body, reason)) {
 				err = fmt.Errorf("readyz %d %s, want 503 naming %s", code, body, reason)
@@ -85,15 +87,15 @@ func TestOutage_SeamDownThenRefusingTheKeyEndsWithEveryKeyAssignedAndNoDeadLette
 
 	healthyAt := time.Now()
 	seam.SetRefuseKey(false)
-	procPoll(t, 90*time.Second, client.drained)
+	natstest.WaitFor(t, 90*time.Second, client.drained)
 	recovered := time.Since(healthyAt)
 
 	perID := map[string]int{}
 	for _, o := range client.outcomes() {
 		if o.Subject != schemas.SubjectAssigned {
-			t.Errorf("%s: %s (%s)", o.sourceID(), o.Subject, o.DL.Error.Message)
+			t.Errorf("%s: %s (%s)", o.SourceID(), o.Subject, o.DL.Error.Message)
 		}
-		perID[o.sourceID()]++
+		perID[o.SourceID()]++
 	}
 	for _, g := range guests {
 		if perID[g.id] != 1 {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -35,7 +37,7 @@ func TestReconnect_NATSRestartTurnsReadyzRedThenGreenAndLaterEventsAreProcessed(
 		for range n {
 			id, cred, user := newUUID(), newUUID(), newUUID()
 			creds = append(creds, cred+"/"+user)
-			doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://reconnect-test", id, time.Now().Add(-time.Minute),
+			doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://reconnect-test", id, time.Now().Add(-time.Minute),
 				schemas.GuestData{ACSCredentialID: cred, ACSUserID: user})
 			if _, err := client.publish(ctx, schemas.SubjectCheckedIn, doc, id); err != nil {
 				t.Fatal(err)
@@ -44,7 +46,7 @@ func TestReconnect_NATSRestartTurnsReadyzRedThenGreenAndLaterEventsAreProcessed(
 	}
 	waitOutcomes := func(n int, within time.Duration) {
 		t.Helper()
-		procPoll(t, within, func() error {
+		natstest.WaitFor(t, within, func() error {
 			c, err := client.outcomeCount()
 			if err == nil && c < n {
 				err = fmt.Errorf("%d outcomes, want %d", c, n)
@@ -58,7 +60,7 @@ func TestReconnect_NATSRestartTurnsReadyzRedThenGreenAndLaterEventsAreProcessed(
 	natsSrv.kill()
 	down := time.Now()
 	var reasons []string
-	procPoll(t, 15*time.Second, func() error {
+	natstest.WaitFor(t, 15*time.Second, func() error {
 		code, body, err := worker.readyz()
 		if err != nil {
 			return err

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -41,13 +43,13 @@ func TestSIGTERM_UnderLoadExitsZeroWithinGraceAndRestartFinishesEveryEventOnce(t
 	for i := range pairs {
 		p := pair{cred: newUUID(), user: newUUID(), id: newUUID()}
 		pairs[i] = p
-		doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://sigterm-test", p.id, at, schemas.GuestData{ACSCredentialID: p.cred, ACSUserID: p.user})
+		doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://sigterm-test", p.id, at, schemas.GuestData{ACSCredentialID: p.cred, ACSUserID: p.user})
 		if _, err := client.publish(ctx, schemas.SubjectCheckedIn, doc, p.id); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	procPoll(t, 30*time.Second, func() error {
+	natstest.WaitFor(t, 30*time.Second, func() error {
 		c, err := client.outcomeCount()
 		if err == nil && c < events/4 {
 			err = fmt.Errorf("%d outcomes, waiting for %d", c, events/4)
@@ -76,14 +78,14 @@ func TestSIGTERM_UnderLoadExitsZeroWithinGraceAndRestartFinishesEveryEventOnce(t
 	}
 
 	worker.start()
-	procPoll(t, 60*time.Second, client.drained)
+	natstest.WaitFor(t, 60*time.Second, client.drained)
 	if code, _ := worker.terminate(grace + 10*time.Second); code != 0 {
 		t.Errorf("second run: exit code %d after SIGTERM, want 0", code)
 	}
 
-	byID := map[string][]procOutcome{}
+	byID := map[string][]consumertest.Outcome{}
 	for _, o := range client.outcomes() {
-		byID[o.sourceID()] = append(byID[o.sourceID()], o)
+		byID[o.SourceID()] = append(byID[o.SourceID()], o)
 	}
 	for _, p := range pairs {
 		outs := byID[p.id]
@@ -113,7 +115,7 @@ func TestSIGTERM_WhileNATSIsDownExitsZeroWithinGrace(t *testing.T) {
 	worker.start()
 	worker.waitReady(30 * time.Second)
 	natsSrv.kill()
-	procPoll(t, 15*time.Second, func() error {
+	natstest.WaitFor(t, 15*time.Second, func() error {
 		code, body, err := worker.readyz()
 		if err == nil && code == http.StatusOK {
 			err = fmt.Errorf("readyz 200 with nats-server down: %s", body)
@@ -151,13 +153,13 @@ func TestSIGTERM_WithEventsInFlightWhileNATSIsDownExitsZeroWithinGrace(t *testin
 	defer cancel()
 	for range events {
 		id := newUUID()
-		doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://sigterm-test", id, time.Now().Add(-time.Minute),
+		doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://sigterm-test", id, time.Now().Add(-time.Minute),
 			schemas.GuestData{ACSCredentialID: newUUID(), ACSUserID: newUUID()})
 		if _, err := client.publish(ctx, schemas.SubjectCheckedIn, doc, id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	procPoll(t, 10*time.Second, func() error {
+	natstest.WaitFor(t, 10*time.Second, func() error {
 		if n := seam.Calls(""); n < events {
 			return fmt.Errorf("%d seam calls, waiting for %d in flight", n, events)
 		}

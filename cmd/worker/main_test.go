@@ -10,15 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
@@ -88,7 +83,7 @@ func TestConfig_BadValueIsOneLineNamingTheVariable(t *testing.T) {
 }
 
 func TestConnect_UnreachableNATSIsOneClearLine(t *testing.T) {
-	t.Setenv("NATS_URL", "nats://127.0.0.1:"+freePort(t))
+	t.Setenv("NATS_URL", "nats://"+consumertest.FreeAddr(t))
 	t.Setenv("KEYWORKER_HTTP_ADDR", "")
 	err := run(t.Context(), []string{"run"}, nil, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "NATS_URL") || strings.Contains(err.Error(), "\n") {
@@ -96,44 +91,9 @@ func TestConnect_UnreachableNATSIsOneClearLine(t *testing.T) {
 	}
 }
 
-var (
-	lifecycleBinOnce sync.Once
-	lifecycleBin     string
-	lifecycleBinErr  error
-)
-
-// workerBinary builds the worker once per test run.
-func workerBinary(t *testing.T) string {
-	t.Helper()
-	lifecycleBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "keyworker-bin-*")
-		if err != nil {
-			lifecycleBinErr = err
-			return
-		}
-		lifecycleBin = filepath.Join(dir, "worker")
-		out, err := exec.Command("go", "build", "-o", lifecycleBin, ".").CombinedOutput()
-		if err != nil {
-			lifecycleBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if lifecycleBinErr != nil {
-		t.Fatal(lifecycleBinErr)
-	}
-	return lifecycleBin
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	return strconv.Itoa(procFreePort(t))
-}
-
 func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	bin := workerBinary(t)
-	addr := "127.0.0.1:" + freePort(t)
+	bin := procWorkerBin.build(t)
+	addr := consumertest.FreeAddr(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir() // ./data is created here: the embedded default
 	cmd.Env = append(os.Environ(), "KEYWORKER_HTTP_ADDR="+addr, "NATS_URL=", "SEAM_API_KEY=", "KEYWORKER_DATA_DIR=")
@@ -146,26 +106,23 @@ func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"ready":true`) {
-				break
-			}
-		}
+	natstest.WaitFor(t, 60*time.Second, func() error { // polling the probe, as a kubelet would
 		select {
 		case err := <-exited:
 			t.Fatalf("worker exited before ready: %v\n%s", err, logs.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready within 60 s:\n%s", logs.String())
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return fmt.Errorf("not ready: %w\n%s", err, logs.String())
 		}
-		time.Sleep(50 * time.Millisecond) // polling the probe, as a kubelet would
-	}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"ready":true`) {
+			return fmt.Errorf("not ready: %d %s\n%s", resp.StatusCode, body, logs.String())
+		}
+		return nil
+	})
 	if !strings.Contains(logs.String(), "SIMULATOR") {
 		t.Fatalf("the simulator must be announced at start:\n%s", logs.String())
 	}
@@ -194,17 +151,10 @@ func TestRun_EmbeddedDefaultsReadyThenStopsOnSIGTERM(t *testing.T) {
 func TestPublish_PutsAValidEventOnTheStream(t *testing.T) {
 	_, url := natstest.StartTest(t)
 	t.Setenv("NATS_URL", url)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	if err := consumer.Provision(t.Context(), js, consumer.Config{}, false); err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectTest(t, url)
+	consumertest.Provision(t, js, consumer.Config{})
 	var out bytes.Buffer
-	err = run(t.Context(), []string{"publish", "checkout", "--credential", "66666666-6666-4666-8666-666666666666",
+	err := run(t.Context(), []string{"publish", "checkout", "--credential", "66666666-6666-4666-8666-666666666666",
 		"--user-identity", "44444444-4444-4444-8444-444444444444", "--reservation", "R-7"}, nil, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 )
 
@@ -16,7 +17,7 @@ import (
 // rate() sees the first increment after a restart.
 func TestMetrics_FreshWorkerExportsEveryKindAndOutcomeAtZero(t *testing.T) {
 	_, url := natstest.StartTest(t)
-	addr := "127.0.0.1:" + freePort(t)
+	addr := consumertest.FreeAddr(t)
 	t.Setenv("NATS_URL", url)
 	t.Setenv("SEAM_API_KEY", "")
 	t.Setenv("KEYWORKER_HTTP_ADDR", addr)

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -31,73 +30,68 @@ import (
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
 	"github.com/keyworker/keyworker/consumer"
 	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
 
-// procBins holds the binaries built for this test run. Building is
-// lazy, so tests that run no process do not pay for it.
-var procBins struct {
-	once            sync.Once
-	dir             string
-	worker, natsSrv string
-	err             error
+// procBin is a binary built for this test run: lazily, once, so tests
+// that run no process do not pay for it, into a directory TestMain
+// removes.
+type procBin struct {
+	name, pkg string
+	once      sync.Once
+	dir, path string
+	err       error
 }
+
+var (
+	procWorkerBin = &procBin{name: "worker", pkg: "."}
+	procNATSBin   = &procBin{name: "nats-server", pkg: "github.com/nats-io/nats-server/v2"}
+)
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if procBins.dir != "" {
-		_ = os.RemoveAll(procBins.dir)
+	for _, b := range []*procBin{procWorkerBin, procNATSBin} {
+		if b.dir != "" {
+			_ = os.RemoveAll(b.dir)
+		}
 	}
 	os.Exit(code)
 }
 
-// binaries builds ./cmd/worker and github.com/nats-io/nats-server/v2 into a
-// directory removed when the test binary exits, once per run.
-func procBinaries(t *testing.T) (worker, natsServer string) {
+// build returns the path of b, building it on first use. Every test that
+// runs a built binary comes through here, so under -short it is skipped,
+// saying so.
+func (b *procBin) build(t *testing.T) string {
 	t.Helper()
-	b := &procBins
+	if testing.Short() {
+		t.Skip("builds and runs the " + b.name + " binary: skipped under -short")
+	}
 	b.once.Do(func() {
 		start := time.Now()
-		b.dir, b.err = os.MkdirTemp("", "keyworker-faults-bin-*")
+		b.dir, b.err = os.MkdirTemp("", "keyworker-bin-"+b.name+"-*")
 		if b.err != nil {
 			return
 		}
 		// go test puts its own GOROOT/bin first on the PATH of tests.
 		goBin, err := exec.LookPath("go")
 		if err != nil {
-			b.err = fmt.Errorf("building the binaries needs the go command: %w", err)
+			b.err = fmt.Errorf("building %s needs the go command: %w", b.name, err)
 			return
 		}
-		b.worker = filepath.Join(b.dir, "worker")
-		b.natsSrv = filepath.Join(b.dir, "nats-server")
-		var wg sync.WaitGroup
-		var werr, nerr error
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			out, err := exec.Command(goBin, "build", "-o", b.worker, ".").CombinedOutput()
-			if err != nil {
-				werr = fmt.Errorf("go build worker: %v\n%s", err, out)
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			out, err := exec.Command(goBin, "build", "-o", b.natsSrv, "github.com/nats-io/nats-server/v2").CombinedOutput()
-			if err != nil {
-				nerr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
-			}
-		}()
-		wg.Wait()
-		b.err = errors.Join(werr, nerr)
-		if b.err == nil {
-			t.Logf("built worker and nats-server in %s", time.Since(start).Round(time.Millisecond))
+		b.path = filepath.Join(b.dir, b.name)
+		out, err := exec.Command(goBin, "build", "-o", b.path, b.pkg).CombinedOutput()
+		if err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", b.name, err, out)
+			return
 		}
+		t.Logf("built %s in %s", b.name, time.Since(start).Round(time.Millisecond))
 	})
 	if b.err != nil {
 		t.Fatal(b.err)
 	}
-	return b.worker, b.natsSrv
+	return b.path
 }
 
 // procFreePort returns a loopback port nobody listens on right now.
@@ -113,32 +107,6 @@ func procFreePort(t *testing.T) int {
 
 // newUUID returns a random event, credential or user id.
 var newUUID = cli.NewUUID
-
-// poll calls check until it returns nil, failing the test with the last
-// error after within. It polls an external process, so sleeping between
-// checks is the only way to wait.
-func procPoll(t *testing.T, within time.Duration, check func() error) {
-	t.Helper()
-	if err := procPollErr(within, check); err != nil {
-		t.Fatalf("after %s: %v", within, err)
-	}
-}
-
-func procPollErr(within time.Duration, check func() error) error {
-	deadline := time.Now().Add(within)
-	wait := 5 * time.Millisecond
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 100*time.Millisecond)
-	}
-}
 
 // procNATS is a nats-server process with JetStream, restartable on the
 // same port and store.
@@ -157,7 +125,7 @@ type procNATS struct {
 // user set it requires that user and password.
 func procStartNATS(t *testing.T, user, pass string) *procNATS {
 	t.Helper()
-	_, bin := procBinaries(t)
+	bin := procNATSBin.build(t)
 	n := &procNATS{t: t, bin: bin, port: procFreePort(t), dir: t.TempDir(), user: user, pass: pass}
 	n.start()
 	t.Cleanup(func() {
@@ -196,29 +164,34 @@ func (n *procNATS) start() {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	n.cmd, n.exited = cmd, exited
-	err := procPollErr(20*time.Second, func() error {
+	natstest.WaitFor(n.t, 20*time.Second, func() error {
 		select {
 		case <-exited:
 			n.t.Fatalf("nats-server run %d exited: %v\n%s", n.runs, cmd.ProcessState, procTail(logPath, 20))
 		default:
 		}
-		nc, err := nats.Connect(n.URL(), n.authOpts()...)
-		if err != nil {
-			return err
+		if err := n.ping(); err != nil {
+			return fmt.Errorf("nats-server run %d not ready: %w\n%s", n.runs, err, procTail(logPath, 20))
 		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err = js.AccountInfo(ctx)
-		return err
+		return nil
 	})
+}
+
+// ping says whether JetStream answers on the server.
+func (n *procNATS) ping() error {
+	nc, err := nats.Connect(n.URL(), n.authOpts()...)
 	if err != nil {
-		n.t.Fatalf("nats-server run %d not ready: %v\n%s", n.runs, err, procTail(logPath, 20))
+		return err
 	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	return err
 }
 
 func (n *procNATS) authOpts() []nats.Option {
@@ -256,9 +229,9 @@ type procWorker struct {
 // (KEY=value). It does not start it.
 func procNewWorker(t *testing.T, env ...string) *procWorker {
 	t.Helper()
-	bin, _ := procBinaries(t)
+	bin := procWorkerBin.build(t)
 	w := &procWorker{t: t, bin: bin, dir: t.TempDir()}
-	w.httpAddr = "127.0.0.1:" + strconv.Itoa(procFreePort(t))
+	w.httpAddr = consumertest.FreeAddr(t)
 	w.env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + w.dir,
@@ -318,7 +291,7 @@ func (w *procWorker) running() bool {
 // waitReady waits until /readyz answers 200.
 func (w *procWorker) waitReady(within time.Duration) {
 	w.t.Helper()
-	procPoll(w.t, within, func() error {
+	natstest.WaitFor(w.t, within, func() error {
 		if !w.running() {
 			w.t.Fatalf("worker exited before it was ready: %v\n%s", w.cmd.ProcessState, procTail(w.logs[len(w.logs)-1], 20))
 		}
@@ -585,18 +558,39 @@ func procConnect(t *testing.T, n *procNATS) *procClient {
 // sequence returned is that of the one stored copy.
 func (c *procClient) publish(ctx context.Context, subject string, doc []byte, msgID string) (uint64, error) {
 	for {
+		// Listening before the publish, a reconnect between a failure and
+		// the wait below is not missed.
+		connected := c.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
 		msg := &nats.Msg{Subject: subject, Data: doc, Header: nats.Header{}}
 		msg.Header.Set("Content-Type", schemas.ContentType)
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		ack, err := c.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID))
 		cancel()
 		if err == nil {
+			c.nc.RemoveStatusListener(connected)
 			return ack.Sequence, nil
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || c.nc.IsClosed() {
+			c.nc.RemoveStatusListener(connected)
 			return 0, fmt.Errorf("publish %s: %w", msgID, err)
 		}
-		time.Sleep(50 * time.Millisecond) // the server is away: try again shortly
+		c.awaitServer(ctx, connected)
+	}
+}
+
+// awaitServer waits after a failed publish: while the connection is down,
+// until it is back or closed (connected reports either); while it is up, JetStream on a
+// restarted server is not answering yet, and only a short pause before the
+// next try will do.
+func (c *procClient) awaitServer(ctx context.Context, connected chan nats.Status) {
+	defer c.nc.RemoveStatusListener(connected)
+	if c.nc.IsConnected() {
+		time.Sleep(50 * time.Millisecond)
+		return
+	}
+	select {
+	case <-connected:
+	case <-ctx.Done():
 	}
 }
 
@@ -632,96 +626,15 @@ func (c *procClient) outcomeCount() (int, error) {
 func (c *procClient) drained() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cons, err := c.js.Consumer(ctx, c.cfg.InputStream, c.cfg.Durable)
-	if err != nil {
-		return err
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	if info.NumPending > 0 || info.NumAckPending > 0 {
-		return fmt.Errorf("consumer: %d pending, %d awaiting ack, %d redelivered", info.NumPending, info.NumAckPending, info.NumRedelivered)
-	}
-	return nil
-}
-
-// procOutcome is one event of the results or dead-letter stream.
-type procOutcome struct {
-	Subject string
-	Seq     uint64
-	Raw     []byte
-	Result  schemas.CredentialResult
-	Skip    schemas.Skipped
-	DL      schemas.DeadLetter
-	IsDL    bool
-}
-
-// sourceID is the id of the input event the outcome is about ("" for a
-// dead letter of an undecodable message).
-func (o procOutcome) sourceID() string {
-	switch {
-	case o.IsDL:
-		return o.DL.SourceEventID
-	case o.Subject == schemas.SubjectSkipped:
-		return o.Skip.SourceEventID
-	}
-	return o.Result.SourceEventID
+	return consumertest.Drained(ctx, c.js, c.cfg)
 }
 
 // outcomes reads every event of the results and dead-letter streams.
-func (c *procClient) outcomes() []procOutcome {
+func (c *procClient) outcomes() []consumertest.Outcome {
 	c.t.Helper()
-	ctx := context.Background()
-	var out []procOutcome
-	for _, stream := range []string{c.cfg.ResultsStream, c.cfg.DeadLetterStream} {
-		s, err := c.js.Stream(ctx, stream)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		if info.State.Msgs == 0 {
-			continue
-		}
-		for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-			m, err := s.GetMsg(ctx, seq)
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue
-			}
-			if err != nil {
-				c.t.Fatalf("%s seq %d: %v", stream, seq, err)
-			}
-			o := procOutcome{Subject: m.Subject, Seq: seq, Raw: m.Data}
-			if stream == c.cfg.DeadLetterStream {
-				_, dl, err := schemas.DecodeDeadLetterEvent(m.Data)
-				if err != nil {
-					c.t.Fatalf("dead letter %d does not decode: %v", seq, err)
-				}
-				o.DL, o.IsDL = dl, true
-			} else {
-				var env schemas.Envelope
-				if err := json.Unmarshal(m.Data, &env); err != nil {
-					c.t.Fatalf("result %d: %v", seq, err)
-				}
-				target := any(&o.Result)
-				if m.Subject == schemas.SubjectSkipped {
-					target = &o.Skip
-				}
-				if err := json.Unmarshal(env.Data, target); err != nil {
-					c.t.Fatalf("result %d data: %v", seq, err)
-				}
-			}
-			out = append(out, o)
-		}
+	out, err := consumertest.Outcomes(context.Background(), c.js, c.cfg)
+	if err != nil {
+		c.t.Fatal(err)
 	}
 	return out
-}
-
-// procGuestDoc builds a valid guest event.
-func procGuestDoc(t *testing.T, subject, source, id string, at time.Time, d schemas.GuestData) []byte {
-	t.Helper()
-	return consumertest.Event(subject, source, id, at, d)
 }

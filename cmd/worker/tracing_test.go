@@ -16,6 +16,8 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keyworker/keyworker/consumer/consumertest"
+	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
 	"github.com/keyworker/keyworker/seamclient/seamtest"
 )
@@ -84,7 +86,7 @@ func TestTracing_BuiltWorkerExportsTheProducersTraceOverOTLPHTTP(t *testing.T) {
 	client := procConnect(t, natsSrv)
 
 	cred, user := newUUID(), newUUID()
-	doc := procGuestDoc(t, schemas.SubjectCheckedIn, "pms://tracing-test", "in-otlp-1", time.Now().Add(-time.Minute),
+	doc := consumertest.Event(schemas.SubjectCheckedIn, "pms://tracing-test", "in-otlp-1", time.Now().Add(-time.Minute),
 		schemas.GuestData{ACSCredentialID: cred, ACSUserID: user})
 	msg := &nats.Msg{Subject: schemas.SubjectCheckedIn, Data: doc, Header: nats.Header{}}
 	msg.Header.Set("traceparent", "00-"+traceID+"-"+spanID+"-01")
@@ -96,7 +98,7 @@ func TestTracing_BuiltWorkerExportsTheProducersTraceOverOTLPHTTP(t *testing.T) {
 
 	want := []string{"process guest.checked_in", "seam assign", "POST /acs/credentials/assign", "send credential.assigned", "idempotency claim"}
 	var spans []*tracepb.Span
-	procPoll(t, 20*time.Second, func() error {
+	natstest.WaitFor(t, 20*time.Second, func() error {
 		spans, _ = recv.snapshot()
 		names := map[string]bool{}
 		for _, s := range spans {

@@ -27,10 +27,7 @@ import (
 )
 
 func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	bin := workerBinary(t)
+	bin := procWorkerBin.build(t)
 	const secret = "seam_live_Zq8xSECRETsecret42"
 	for _, tc := range []struct {
 		name, file string
@@ -52,7 +49,7 @@ func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
 			}
 			cmd := exec.Command(bin, "run")
 			cmd.Env = append(os.Environ(), "KEYWORKER_WORKSPACES="+path, "KEY_GRAND="+secret, "KEY_NOBODY_SET=",
-				"SEAM_API_KEY=", "SEAM_WORKSPACE_ID=", "NATS_URL=", "KEYWORKER_DATA_DIR="+t.TempDir(), "KEYWORKER_HTTP_ADDR=127.0.0.1:"+freePort(t))
+				"SEAM_API_KEY=", "SEAM_WORKSPACE_ID=", "NATS_URL=", "KEYWORKER_DATA_DIR="+t.TempDir(), "KEYWORKER_HTTP_ADDR="+consumertest.FreeAddr(t))
 			out, err := cmd.CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
@@ -80,10 +77,6 @@ func TestWorkspaces_BadRoutingFileIsRefusedWithOneLine(t *testing.T) {
 // stays; a good one is picked up on SIGHUP; dlq replay --property then
 // assigns the credential in the new workspace.
 func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the worker binary: skipped under -short")
-	}
-	bin := workerBinary(t)
 	_, url := natstest.StartTest(t)
 	_, js := natstest.ConnectTest(t, url)
 	grand := seamtest.NewServer(seamtest.WithAutoCreate(), seamtest.WithAPIKey("seam_key_grand"))
@@ -106,24 +99,15 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 	}
 	write(entry("ws_grand", "KEY_GRAND", grand.URL, "grand-hotel"))
 
-	cmd := exec.Command(bin, "run")
-	httpAddr := "127.0.0.1:" + freePort(t)
-	cmd.Env = append(os.Environ(), "NATS_URL="+url, "KEYWORKER_WORKSPACES="+path,
-		"KEY_GRAND=seam_key_grand", "KEY_LODGE=seam_key_lodge", "SEAM_API_KEY=", "SEAM_WORKSPACE_ID=",
-		"KEYWORKER_HTTP_ADDR="+httpAddr, "LOG_LEVEL=info")
-	var logs consumertest.LockedBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	w := procNewWorker(t, "NATS_URL="+url, "KEYWORKER_WORKSPACES="+path,
+		"KEY_GRAND=seam_key_grand", "KEY_LODGE=seam_key_lodge", "SEAM_API_KEY=", "SEAM_WORKSPACE_ID=", "LOG_LEVEL=info")
+	w.start()
 	logged := func(what string, n int) {
 		t.Helper()
 		natstest.WaitFor(t, 30*time.Second, func() error {
-			if got := strings.Count(logs.String(), what); got < n {
-				return fmt.Errorf("%d log lines %q, want %d:\n%s", got, what, n, logs.String())
+			logs := strings.Join(w.logLines(), "\n")
+			if got := strings.Count(logs, what); got < n {
+				return fmt.Errorf("%d log lines %q, want %d:\n%s", got, what, n, logs)
 			}
 			return nil
 		})
@@ -153,12 +137,12 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 
 	// A bad file keeps the old routing, and says why.
 	write(entry("ws_grand", "KEY_GRAND", grand.URL, "grand-hotel"), entry("ws_lodge", "KEY_LODGE", lodge.URL, "grand-hotel"))
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	logged("routing file refused", 1)
 	write(entry("ws_grand", "KEY_GRAND", grand.URL, "grand-hotel"), entry("ws_lodge", "KEY_LODGE", lodge.URL, "seaside-lodge"))
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	logged("workspace routing loaded", 2)
@@ -204,7 +188,7 @@ func TestWorkspaces_UnknownPropertyIsReplayedOnceTheReloadedFileHasIt(t *testing
 		t.Fatal(err)
 	}
 	natstest.WaitFor(t, 30*time.Second, func() error {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		resp, err := http.Get("http://" + w.httpAddr + "/readyz")
 		if err != nil {
 			return err
 		}

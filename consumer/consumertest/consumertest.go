@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -104,12 +105,14 @@ type Outcome struct {
 	Result  schemas.CredentialResult
 	Skip    schemas.Skipped
 	DL      schemas.DeadLetter
+	// DeadLetter is set for an event of the dead-letter stream.
+	DeadLetter bool
 }
 
 // SourceID is the id of the input event the outcome is about.
 func (o Outcome) SourceID() string {
 	switch {
-	case o.DL.OriginalSubject != "":
+	case o.DeadLetter || o.DL.OriginalSubject != "":
 		return o.DL.SourceEventID
 	case o.Subject == schemas.SubjectSkipped:
 		return o.Skip.SourceEventID
@@ -132,8 +135,13 @@ func Outcomes(ctx context.Context, js jetstream.JetStream, cfg consumer.Config) 
 		}
 		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 			m, err := s.GetMsg(ctx, seq)
-			if err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // deleted: a purge, or a gap in the sequence
+			}
+			if err != nil {
+				// Not skipped: a timeout while a cluster elects a leader
+				// would otherwise read as a missing outcome.
+				return nil, fmt.Errorf("%s message %d: %w", stream, seq, err)
 			}
 			o, err := decodeOutcome(m, stream == cfg.DeadLetterStream)
 			if err != nil {
@@ -146,7 +154,7 @@ func Outcomes(ctx context.Context, js jetstream.JetStream, cfg consumer.Config) 
 }
 
 func decodeOutcome(m *jetstream.RawStreamMsg, deadLetter bool) (Outcome, error) {
-	o := Outcome{Subject: m.Subject, Seq: m.Sequence, Raw: m.Data}
+	o := Outcome{Subject: m.Subject, Seq: m.Sequence, Raw: m.Data, DeadLetter: deadLetter}
 	if deadLetter {
 		env, dl, err := schemas.DecodeDeadLetterEvent(m.Data)
 		o.Env, o.DL = env, dl
@@ -184,28 +192,38 @@ func WaitOutcomes(tb testing.TB, js jetstream.JetStream, cfg consumer.Config, n 
 func WaitDrained(tb testing.TB, js jetstream.JetStream, cfg consumer.Config, within time.Duration) {
 	tb.Helper()
 	natstest.WaitFor(tb, within, func() error {
-		c, err := js.Consumer(context.Background(), cfg.InputStream, cfg.Durable)
-		if err != nil {
-			return err
-		}
-		info, err := c.Info(context.Background())
-		if err != nil {
-			return err
-		}
-		if info.NumPending > 0 || info.NumAckPending > 0 {
-			return fmt.Errorf("consumer: %d pending, %d awaiting ack", info.NumPending, info.NumAckPending)
-		}
-		// The pending count follows a publish a moment later: drained
-		// means acknowledged up to the stream's last message.
-		s, err := js.Stream(context.Background(), cfg.InputStream)
-		if err != nil {
-			return err
-		}
-		if last := s.CachedInfo().State.LastSeq; info.AckFloor.Stream < last {
-			return fmt.Errorf("consumer: acknowledged up to %d of %d", info.AckFloor.Stream, last)
-		}
-		return nil
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return Drained(ctx, js, cfg)
 	})
+}
+
+// Drained says why cfg's durable consumer is not drained yet, or nil when
+// nothing is pending or awaiting an ack and it has acknowledged up to the
+// input stream's last message. It is the check WaitDrained polls, for
+// callers with their own poll (a test whose server comes and goes).
+func Drained(ctx context.Context, js jetstream.JetStream, cfg consumer.Config) error {
+	c, err := js.Consumer(ctx, cfg.InputStream, cfg.Durable)
+	if err != nil {
+		return err
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.NumPending > 0 || info.NumAckPending > 0 {
+		return fmt.Errorf("consumer: %d pending, %d awaiting ack, %d redelivered", info.NumPending, info.NumAckPending, info.NumRedelivered)
+	}
+	// The pending count follows a publish a moment later: drained
+	// means acknowledged up to the stream's last message.
+	s, err := js.Stream(ctx, cfg.InputStream)
+	if err != nil {
+		return err
+	}
+	if last := s.CachedInfo().State.LastSeq; info.AckFloor.Stream < last {
+		return fmt.Errorf("consumer: acknowledged up to %d of %d", info.AckFloor.Stream, last)
+	}
+	return nil
 }
 
 // LockedBuffer collects a logger's or a process's output while it runs.

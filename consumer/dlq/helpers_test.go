@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyworker/keyworker/consumer"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/dlq"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/idempotency"
@@ -33,15 +34,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	_, url := natstest.StartTest(t)
-	_, js := natstest.ConnectTest(t, url)
-	var cfg consumer.Config
-	if err := consumer.Provision(context.Background(), js, cfg, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t)
+	cfg := consumertest.Provision(t, js, consumer.Config{})
 	q, err := dlq.New(js, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -53,14 +47,10 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, js: js, cfg: cfg, q: q, store: idempotency.NewStore(kv)}
 }
 
-// guestEvent builds a valid input event.
+// guestEvent builds a valid input event of the test guest.
 func guestEvent(subject, id string) []byte {
-	doc, err := schemas.NewEnvelope(subject, "pms://test", id, "R-"+id, time.Now().UTC().Add(-time.Minute),
+	return consumertest.Event(subject, "pms://test", id, time.Now().UTC().Add(-time.Minute),
 		schemas.GuestData{ACSCredentialID: testCred, ACSUserID: testUser, ReservationID: "R-" + id})
-	if err != nil {
-		panic(err)
-	}
-	return doc
 }
 
 // deadLetter describes one dead letter to write.

@@ -99,7 +99,7 @@ func TestDLQShow_MasksCodesInTheErrorMessageUnlessRevealed(t *testing.T) {
 		Attempts:   1,
 		Deliveries: 1,
 	}
-	seq := e.publishDeadLetter("keyworker-test-msg", dl, orig)
+	seq := strconv.FormatUint(e.publishDeadLetter("keyworker-test-msg", dl, orig), 10)
 	for _, args := range [][]string{{"dlq", "show", seq}, {"dlq", "show", "--json", seq}, {"dlq", "list"}, {"dlq", "list", "--json"}} {
 		r := e.mustCLI(args...)
 		if strings.Contains(r.stdout+r.stderr, "482913") {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keyworker/keyworker/cmd/worker/internal/cli"
+	"github.com/keyworker/keyworker/consumer/consumertest"
 	"github.com/keyworker/keyworker/consumer/dlq"
 	"github.com/keyworker/keyworker/consumer/embedded/natstest"
 	"github.com/keyworker/keyworker/schemas"
@@ -205,7 +205,8 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 		Attempts:               1,
 		Deliveries:             1,
 	}
-	seq := e.publishDeadLetter("keyworker-test", dl, orig)
+	n := e.publishDeadLetter("keyworker-test", dl, orig)
+	seq := strconv.FormatUint(n, 10)
 
 	for _, args := range [][]string{{"dlq", "show", seq}, {"dlq", "show", "--json", seq}, {"dlq", "list", "--json"}, {"dlq", "list"}} {
 		r := e.mustCLI(args...)
@@ -226,7 +227,6 @@ func TestDLQShow_MasksCredentialCodesUnlessRevealed(t *testing.T) {
 		t.Errorf("dlq show --reveal does not show the code:\n%s", revealed)
 	}
 
-	n, _ := strconv.ParseUint(seq, 10, 64)
 	r := e.cli("dlq", "show", strconv.FormatUint(n+100, 10))
 	if r.err == nil || !strings.Contains(r.err.Error(), "no dead letter at sequence") {
 		t.Fatalf("show of a missing sequence: %v", r.err)
@@ -305,13 +305,7 @@ func TestDLQ_BadFlagsExitTwoWithOneLine(t *testing.T) {
 }
 
 func TestDLQ_UnreachableNATSFailsWithOneLine(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now
-	t.Setenv("NATS_URL", "nats://"+addr)
+	t.Setenv("NATS_URL", "nats://"+consumertest.FreeAddr(t))
 	t.Setenv("KEYWORKER_DATA_DIR", t.TempDir())
 	for _, args := range [][]string{{"dlq", "list"}, {"dlq", "replay", "--yes"}, {"status"}} {
 		var out, errb strings.Builder

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -94,8 +93,8 @@ func (e *testEnv) startWorker(opts ...consumer.Option) {
 
 // publishDeadLetter publishes dl, a dead letter of a check-in with
 // original orig and outcome id id, as the worker would; it returns its
-// sequence as the dlq commands take it.
-func (e *testEnv) publishDeadLetter(id string, dl schemas.DeadLetter, orig []byte) string {
+// sequence in the dead-letter stream.
+func (e *testEnv) publishDeadLetter(id string, dl schemas.DeadLetter, orig []byte) uint64 {
 	e.t.Helper()
 	doc, err := schemas.MarshalDeadLetterEvent("keyworker", id, "R-9", time.Now().UTC(), dl, orig)
 	if err != nil {
@@ -105,7 +104,7 @@ func (e *testEnv) publishDeadLetter(id string, dl schemas.DeadLetter, orig []byt
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return strconv.FormatUint(ack.Sequence, 10)
+	return ack.Sequence
 }
 
 // checkIn is one published guest.checked_in event.
