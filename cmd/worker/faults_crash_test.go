@@ -356,8 +356,18 @@ func TestCrash_KilledWorkerAndNATSLoseNothingAndDuplicateNothing(t *testing.T) {
 	permanentDLs := map[string]int{}
 	applied := map[string]int{} // events that ended with their change applied
 	skipped := map[string]int{} // events the rule superseded
+	retries := map[*crashEvent]int{}
+	for _, p := range pubs {
+		retries[p.ev] += client.retries(p.msgID)
+	}
 	for _, ev := range events {
 		outs := got[ev]
+		if ev.malformed != "" && len(outs) > 1 && distinctInvalidDeadLetters(outs) && len(outs) <= 1+retries[ev] {
+			// Malformed, it has no identity but its place in the stream: a
+			// publish retried after a NATS kill that landed twice is two
+			// messages, with a dead letter each.
+			outs = outs[:1]
+		}
 		if len(outs) != 1 {
 			var desc []string
 			for _, o := range outs {
@@ -547,4 +557,17 @@ func describeRoom(r *crashRoom, outcomeOf func(*crashEvent) consumertest.Outcome
 		parts = append(parts, fmt.Sprintf("%s %s %s -> %s", ev.guest.user[:8], ev.subject, ev.at.Format(time.TimeOnly), what))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// distinctInvalidDeadLetters reports whether outs are invalid_event dead
+// letters of as many different input messages.
+func distinctInvalidDeadLetters(outs []consumertest.Outcome) bool {
+	seen := map[uint64]bool{}
+	for _, o := range outs {
+		if !o.DeadLetter || o.DL.Error.Kind != schemas.ErrorKindInvalidEvent || seen[o.DL.OriginalStreamSequence] {
+			return false
+		}
+		seen[o.DL.OriginalStreamSequence] = true
+	}
+	return true
 }

@@ -531,6 +531,9 @@ type procClient struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	cfg consumer.Config
+
+	mu      sync.Mutex
+	retried map[string]int // publishes tried again, by Nats-Msg-Id
 }
 
 func procConnect(t *testing.T, n *procNATS) *procClient {
@@ -550,7 +553,7 @@ func procConnect(t *testing.T, n *procNATS) *procClient {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return &procClient{t: t, nc: nc, js: js, cfg: cfg}
+	return &procClient{t: t, nc: nc, js: js, cfg: cfg, retried: map[string]int{}}
 }
 
 // publish publishes doc with the given Nats-Msg-Id, retrying until it is
@@ -575,7 +578,19 @@ func (c *procClient) publish(ctx context.Context, subject string, doc []byte, ms
 			return 0, fmt.Errorf("publish %s: %w", msgID, err)
 		}
 		c.awaitServer(ctx, connected)
+		// The failed try may have been stored, its ack lost: past the
+		// duplicate window, this one is a second message.
+		c.mu.Lock()
+		c.retried[msgID]++
+		c.mu.Unlock()
 	}
+}
+
+// retries is how many times the publish of msgID was tried again.
+func (c *procClient) retries(msgID string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.retried[msgID]
 }
 
 // awaitServer waits after a failed publish: while the connection is down,
